@@ -1,0 +1,1 @@
+//! merkle: see lib.rs for the Python bindings (placeholder until implemented).

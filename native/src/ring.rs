@@ -1,0 +1,1 @@
+//! ring: see lib.rs for the Python bindings (placeholder until implemented).

@@ -1,0 +1,1 @@
+//! versions: see lib.rs for the Python bindings (placeholder until implemented).

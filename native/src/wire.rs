@@ -1,0 +1,1 @@
+//! wire: see lib.rs for the Python bindings (placeholder until implemented).

@@ -1,0 +1,1 @@
+"""merkle twin: placeholder until implemented."""

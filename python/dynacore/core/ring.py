@@ -1,0 +1,1 @@
+"""ring twin: placeholder until implemented."""

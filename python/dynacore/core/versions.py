@@ -1,0 +1,1 @@
+"""versions twin: placeholder until implemented."""

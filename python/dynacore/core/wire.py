@@ -1,0 +1,1 @@
+"""wire twin: placeholder until implemented."""

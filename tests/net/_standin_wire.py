@@ -39,12 +39,12 @@ def encode_frame(msg_type: int, request_id: int, fields: Sequence[Any]) -> bytes
     if not 0 <= msg_type <= 255 or not 0 <= request_id < 1 << 64:
         raise EncodeError("msg_type is u8, request_id u64")
     _check(list(fields))
-    body = msgpack.packb(list(fields), use_bin_type=True)
+    body = bytes(msgpack.packb(list(fields), use_bin_type=True))
     header = _HEADER.pack(MAGIC, msg_type, request_id, len(body), xxhash.xxh3_64_intdigest(body))
     return header + body
 
 
-def _parse_header(data: bytes, max_frame_bytes: int) -> tuple[int, int, int, int]:
+def _parse_header(data: bytes | bytearray, max_frame_bytes: int) -> tuple[int, int, int, int]:
     magic, msg_type, request_id, size, checksum = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise FrameError("bad magic")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from collections.abc import Sequence
 
 import pytest
 import trio
@@ -18,7 +20,6 @@ from dynacore.errors import (
     RemoteError,
     RequestTimeout,
 )
-from dynacore.limits import Limits
 from dynacore.net import Channel, Message, TcpTransport, Value, open_rpc_client
 
 from .conftest import FAST_CONFIG, SMALL_LIMITS, start_server
@@ -71,7 +72,7 @@ class CountingTransport:
         class Counting:
             peer = channel.peer
 
-            async def send(self, messages: list[Message]) -> None:
+            async def send(self, messages: Sequence[Message]) -> None:
                 outer.sends += 1
                 outer.messages += len(messages)
                 await channel.send(messages)
@@ -98,7 +99,7 @@ async def test_thousand_concurrent_calls_share_one_connection(
     counting = CountingTransport(tcp)
     replies: dict[int, list[Value]] = {}
 
-    async with open_rpc_client(counting, client_id="c", rng=random.Random(1)) as rpc:  # type: ignore[arg-type]
+    async with open_rpc_client(counting, client_id="c", rng=random.Random(1)) as rpc:
 
         async def one(i: int) -> None:
             replies[i] = await rpc.call(address, ECHO, [i], timeout_s=30)
@@ -129,16 +130,12 @@ async def test_in_flight_bound_per_peer_holds(nursery: trio.Nursery, tcp: TcpTra
         return []
 
     _, address = await start_server(nursery, tcp, slow)
-    limits = Limits(**{**_limit_fields(SMALL_LIMITS), "in_flight_per_peer": 4})
+    limits = dataclasses.replace(SMALL_LIMITS, in_flight_per_peer=4)
     async with open_rpc_client(tcp, client_id="c", rng=random.Random(1), limits=limits) as rpc:
         async with trio.open_nursery() as calls:
             for _ in range(40):
                 calls.start_soon(rpc.call, address, ECHO, [], 30)
     assert peak == 4
-
-
-def _limit_fields(limits: Limits) -> dict[str, object]:
-    return {name: getattr(limits, name) for name in Limits.__slots__}
 
 
 async def test_timeout_raises_and_the_connection_stays_usable(

@@ -190,6 +190,7 @@ class SimTransport:
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         bound = self._bind(address)
+        self._network._check_free(bound)
         async with trio.open_nursery() as nursery:
             self._network._listen(bound, _Listener(handler, nursery))
             try:
@@ -373,9 +374,12 @@ class SimNetwork:
     def _forget(self, channel: SimChannel) -> None:
         self._channels.pop(channel.key, None)
 
-    def _listen(self, address: str, listener: _Listener) -> None:
+    def _check_free(self, address: str) -> None:
         if address in self._listeners:
             raise ConfigError(f"{address} is already served")
+
+    def _listen(self, address: str, listener: _Listener) -> None:
+        self._check_free(address)
         self._listeners[address] = listener
         self._record("listen", address)
 

@@ -15,6 +15,7 @@ from dynacore.errors import (
     EncodeError,
     FrameTooLarge,
     KeyTooLarge,
+    LimitExceeded,
     ProtocolError,
     QuorumNotMet,
     RemoteError,
@@ -317,3 +318,40 @@ async def test_server_id_and_client_config_are_checked(tcp: TcpTransport) -> Non
         with pytest.raises(ConfigError):
             await rpc.call("127.0.0.1:1", ECHO, [], timeout_s=0)
     assert FAST_CONFIG.backoff_initial_s == 0.01
+
+
+async def test_server_handler_concurrency_per_connection_holds(
+    nursery: trio.Nursery, tcp: TcpTransport
+) -> None:
+    active = 0
+    peak = 0
+
+    async def slow(msg_type: int, fields: list[Value], peer: str) -> list[Value]:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await trio.sleep(0.01)
+        active -= 1
+        return []
+
+    config = dataclasses.replace(FAST_CONFIG, handler_concurrency_per_connection=3)
+    _, address = await start_server(nursery, tcp, slow, config=config)
+    async with open_rpc_client(tcp, client_id="c", rng=random.Random(1)) as rpc:
+        async with trio.open_nursery() as calls:
+            for _ in range(30):
+                calls.start_soon(rpc.call, address, ECHO, [], 30)
+    assert peak == 3
+
+
+async def test_server_connection_limit(nursery: trio.Nursery, tcp: TcpTransport) -> None:
+    config = dataclasses.replace(FAST_CONFIG, max_connections=1)
+    server, address = await start_server(nursery, tcp, config=config)
+    async with (
+        open_rpc_client(tcp, client_id="one", rng=random.Random(1)) as first,
+        open_rpc_client(tcp, client_id="two", rng=random.Random(1)) as second,
+    ):
+        assert await first.call(address, ECHO, [], timeout_s=5) == [ECHO, "one"]
+        with pytest.raises(LimitExceeded, match="connections"):
+            await second.call(address, ECHO, [], timeout_s=5)
+        assert await first.call(address, ECHO, [], timeout_s=5) == [ECHO, "one"]
+    assert server.stats.refused == 1

@@ -32,6 +32,8 @@ class NetConfig:
     receive_chunk_bytes: int = 64 * KIB
     # Distinct peer addresses one RpcClient keeps state for.
     max_peers: int = 4096
+    # Connections one RpcServer holds open at once (handshaking or authenticated).
+    max_connections: int = 4096
     # SimNetwork: messages queued towards one channel end (in flight or unread); more are dropped.
     sim_inbox_messages: int = 65536
     # SimNetwork: how many trace lines are kept (the running digest covers all of them).
@@ -48,6 +50,7 @@ class NetConfig:
         _check_count("write_chunk_bytes", self.write_chunk_bytes)
         _check_count("receive_chunk_bytes", self.receive_chunk_bytes)
         _check_count("max_peers", self.max_peers)
+        _check_count("max_connections", self.max_connections)
         _check_count("sim_inbox_messages", self.sim_inbox_messages)
         _check_count("sim_trace_lines", self.sim_trace_lines)
 

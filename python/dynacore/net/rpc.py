@@ -430,8 +430,10 @@ async def open_rpc_client(
 
 @dataclass(slots=True)
 class ServerStats:
-    connections: int = 0
-    active_connections: int = 0
+    connections: int = 0  # accepted, ever
+    open_connections: int = 0  # now, handshaking or authenticated
+    active_connections: int = 0  # now, authenticated
+    refused: int = 0  # over config.max_connections
     auth_failures: int = 0
     requests: int = 0
     handler_errors: int = 0
@@ -554,14 +556,23 @@ class RpcServer:
 
     async def _serve_connection(self, channel: Channel, handler: Handler) -> None:
         self.stats.connections += 1
-        peer_id = await self._handshake(channel)
-        if peer_id is None:
+        if self.stats.open_connections >= self._config.max_connections:
+            self.stats.refused += 1
+            too_many = LimitExceeded(f"more than {self._config.max_connections} connections")
+            await channel.send([m.error(m.HANDSHAKE_REQUEST_ID, too_many)])
             return
-        self.stats.active_connections += 1
+        self.stats.open_connections += 1
         try:
-            await _ServerConnection(channel, peer_id, handler, self._config, self.stats).run()
+            peer_id = await self._handshake(channel)
+            if peer_id is None:
+                return
+            self.stats.active_connections += 1
+            try:
+                await _ServerConnection(channel, peer_id, handler, self._config, self.stats).run()
+            finally:
+                self.stats.active_connections -= 1
         finally:
-            self.stats.active_connections -= 1
+            self.stats.open_connections -= 1
 
     async def _handshake(self, channel: Channel) -> str | None:
         """The peer's client id once it proved the secret; None (after an ERROR) otherwise."""

@@ -24,7 +24,6 @@ from dynacore.errors import (
     ConnectionLost,
     DynacoreError,
     EncodeError,
-    FrameError,
     LimitExceeded,
     ProtocolError,
     RemoteError,
@@ -46,6 +45,10 @@ Rejected = Callable[[Message, DynacoreError], Message | None]
 
 
 # -- the coalescing sender, shared by both sides ------------------------------------------------
+
+# What encoding a message may raise: EncodeError / FrameTooLarge by contract (both ValueErrors);
+# TypeError and OverflowError too, so that a codec breaking its contract fails one request only.
+_UNENCODABLE = (ValueError, TypeError, OverflowError)
 
 
 class _Outbox:
@@ -81,13 +84,14 @@ async def _send_batch(channel: Channel, batch: list[Message], on_rejected: Rejec
     try:
         await channel.send(batch)
         return
-    except (EncodeError, FrameError):
+    except _UNENCODABLE:
         pass  # find the bad message(s): the channel wrote nothing
     for message in batch:
         try:
             await channel.send([message])
-        except (EncodeError, FrameError) as exc:
-            replacement = on_rejected(message, exc)
+        except _UNENCODABLE as exc:
+            problem = exc if isinstance(exc, DynacoreError) else EncodeError(str(exc))
+            replacement = on_rejected(message, problem)
             if replacement is not None:
                 await channel.send([replacement])
 
@@ -141,11 +145,11 @@ class _ClientConnection:
         self._pending: dict[int, _Pending] = {}
         self._next_id = 1
         self._stats = stats
-        self._reason = "connection closed"
+        self._reason: str | None = None  # why the connection ended (the first reason wins)
 
     async def request(self, msg_type: int, fields: list[Value]) -> list[Value]:
         if not self.alive:
-            raise ConnectionLost(f"{self.address}: {self._reason}")
+            raise ConnectionLost(f"{self.address}: {self._reason or 'connection closed'}")
         request_id = self._next_id
         self._next_id += 1
         assert request_id <= m.REQUEST_ID_MAX, "request ids are u64"
@@ -168,15 +172,23 @@ class _ClientConnection:
                 nursery.start_soon(self._send_task, nursery.cancel_scope)
                 await self._receive_loop()
                 nursery.cancel_scope.cancel()
+        except Exception:
+            # A bug (or a codec breaking its contract) ends this connection, not the owner.
+            log.exception("connection to %s failed", self.address)
+            self._note_reason("internal error")
         finally:
             self._shutdown()
             await close_quietly(self.channel)
+
+    def _note_reason(self, reason: str) -> None:
+        if self._reason is None:
+            self._reason = reason
 
     async def _send_task(self, scope: trio.CancelScope) -> None:
         try:
             await self._outbox.run(self.channel, self._reject)
         except ConnectionLost as exc:
-            self._reason = str(exc)
+            self._note_reason(str(exc))
         finally:
             scope.cancel()
 
@@ -185,7 +197,7 @@ class _ClientConnection:
             try:
                 message = await self.channel.receive()
             except ConnectionLost as exc:
-                self._reason = str(exc)
+                self._note_reason(str(exc))
                 return
             self._dispatch(message)
 
@@ -212,11 +224,12 @@ class _ClientConnection:
     def _shutdown(self) -> None:
         self.alive = False
         self._outbox.close()
+        reason = self._reason or "connection closed"
         for pending in self._pending.values():
-            pending.fail(ConnectionLost(f"{self.address}: {self._reason}"))
+            pending.fail(ConnectionLost(f"{self.address}: {reason}"))
 
     async def aclose(self) -> None:
-        self._reason = "client closed"
+        self._note_reason("client closed")
         await close_quietly(self.channel)
 
 

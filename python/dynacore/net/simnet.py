@@ -313,6 +313,9 @@ class SimNetwork:
         label = f"c{sender.serial} {sender.node}->{sender.remote_node} t{msg_type} id{request_id}"
         label += f" {len(frame)}B"
         self.stats.sent += 1
+        if receiver.closed:
+            self._record("unread", label)  # the other end is closed: the bytes go nowhere
+            return
         if not self.link_open(sender.node, sender.remote_node):
             self.stats.cut += 1
             self._record("cut", label)

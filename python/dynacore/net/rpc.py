@@ -71,6 +71,8 @@ class _Outbox:
     async def run(self, channel: Channel, on_rejected: Rejected) -> None:
         """Send until the outbox is closed; ConnectionLost when the channel breaks."""
         async for first in self._out:
+            # Let the tasks that are runnable now queue their messages too, then take them all.
+            await trio.lowlevel.cancel_shielded_checkpoint()
             batch = [first]
             while len(batch) < self._batch_max:
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import subprocess
@@ -417,3 +418,27 @@ def test_replay_in_another_process_with_another_hash_seed() -> None:
         timeout=120,
     )
     assert out.stdout.strip() == digest
+
+
+async def test_rpc_drops_a_silent_connection_and_reconnects_after_heal(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, codec: WireCodec
+) -> None:
+    net = make_net(13, codec)
+    await start_rpc_node(nursery, net, B, 1)
+    config = dataclasses.replace(FAST_CONFIG, silent_connection_s=3.0)
+    async with open_rpc_client(
+        net.transport(A), client_id=A, rng=random.Random(2), secret=b"k", config=config
+    ) as rpc:
+        assert await rpc.call(B, DATA, [1], timeout_s=1) == [A, 1]
+        net.partition_one_way([B], [A])  # requests arrive, replies are lost: a half-open link
+        for i in range(2):
+            with pytest.raises(RequestTimeout):
+                await rpc.call(B, DATA, [i], timeout_s=1)
+        assert rpc.connected(B)  # 3 s of silence not reached yet: the connection is kept
+        with pytest.raises(RequestTimeout):
+            await rpc.call(B, DATA, [4], timeout_s=1)
+        assert rpc.stats.silent_drops == 1
+        assert not rpc.connected(B)
+        net.heal()
+        assert await rpc.call(B, DATA, [5], timeout_s=1) == [A, 5]
+        assert rpc.stats.connects == 2

@@ -24,6 +24,9 @@ class NetConfig:
     # Reconnect backoff: initial * 2**(failures - 1), capped at max, times a jitter in [0.5, 1].
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 5.0
+    # Client: after a request timeout, a connection that has received nothing for this long is
+    # taken for half-open (the peer's host vanished) and closed, so the next call reconnects.
+    silent_connection_s: float = 10.0
     # Server: requests of one connection whose handler runs at the same time.
     handler_concurrency_per_connection: int = 256
     # Messages coalesced into one send; bytes written per send_all call.
@@ -40,7 +43,12 @@ class NetConfig:
     sim_trace_lines: int = 10_000
 
     def __post_init__(self) -> None:
-        for name in ("connect_timeout_s", "handshake_timeout_s", "backoff_initial_s"):
+        for name in (
+            "connect_timeout_s",
+            "handshake_timeout_s",
+            "backoff_initial_s",
+            "silent_connection_s",
+        ):
             _check_seconds(name, getattr(self, name))
         _check_seconds("backoff_max_s", self.backoff_max_s)
         if self.backoff_max_s < self.backoff_initial_s:

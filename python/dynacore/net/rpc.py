@@ -125,6 +125,7 @@ class ClientStats:
     calls: int = 0
     timeouts: int = 0
     stale_replies: int = 0  # replies whose caller had given up (timeout) or unknown ids
+    silent_drops: int = 0  # connections closed as half-open (see RpcClient._drop_if_silent)
 
 
 class _ClientConnection:
@@ -148,6 +149,7 @@ class _ClientConnection:
         self._next_id = 1
         self._stats = stats
         self._reason: str | None = None  # why the connection ended (the first reason wins)
+        self.last_receive_s = trio.current_time()
 
     async def request(self, msg_type: int, fields: list[Value]) -> list[Value]:
         if not self.alive:
@@ -201,6 +203,7 @@ class _ClientConnection:
             except ConnectionLost as exc:
                 self._note_reason(str(exc))
                 return
+            self.last_receive_s = trio.current_time()
             self._dispatch(message)
 
     def _dispatch(self, message: Message) -> None:
@@ -230,8 +233,9 @@ class _ClientConnection:
         for pending in self._pending.values():
             pending.fail(ConnectionLost(f"{self.address}: {reason}"))
 
-    async def aclose(self) -> None:
-        self._note_reason("client closed")
+    async def aclose(self, reason: str = "client closed") -> None:
+        self.alive = False
+        self._note_reason(reason)
         await close_quietly(self.channel)
 
 
@@ -293,11 +297,23 @@ class RpcClient:
                 conn = await self._connection(peer)
                 return await conn.request(msg_type, list(fields))
         self.stats.timeouts += 1
+        await self._drop_if_silent(peer)
         raise RequestTimeout(f"{address}: no reply to message type {msg_type} within {timeout} s")
 
     async def ping(self, address: str, timeout_s: float | None = None) -> None:
         """A PING answered by the peer's transport layer (no handler involved)."""
         await self.call(address, MsgType.PING, [], timeout_s)
+
+    async def _drop_if_silent(self, peer: _Peer) -> None:
+        """After a timeout: a connection that has received nothing for config.silent_connection_s
+        is presumed half-open (peer host gone, replies lost) and closed; the next call
+        reconnects."""
+        conn = peer.conn
+        if conn is None or not conn.alive:
+            return
+        if trio.current_time() - conn.last_receive_s >= self._config.silent_connection_s:
+            self.stats.silent_drops += 1
+            await conn.aclose(f"nothing received for {self._config.silent_connection_s} s")
 
     def connected(self, address: str) -> bool:
         peer = self._peers.get(address)

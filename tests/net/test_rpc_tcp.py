@@ -152,6 +152,7 @@ async def test_timeout_raises_and_the_connection_stays_usable(
 
     server, address = await start_server(nursery, tcp, handler)
     async with open_rpc_client(tcp, client_id="c", rng=random.Random(1)) as rpc:
+        assert await rpc.call(address, ECHO, [], timeout_s=5) == [b"fast"]  # connected
         with pytest.raises(RequestTimeout):
             await rpc.call(address, 41, [], timeout_s=0.05)
         assert await rpc.call(address, ECHO, [], timeout_s=5) == [b"fast"]
@@ -294,12 +295,13 @@ async def test_connect_refused_is_connection_lost(tcp: TcpTransport) -> None:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     await listeners[0].aclose()
-    async with open_rpc_client(tcp, client_id="c", rng=random.Random(1)) as rpc:
+    slow_retry = dataclasses.replace(FAST_CONFIG, backoff_initial_s=5.0, backoff_max_s=5.0)
+    async with open_rpc_client(tcp, client_id="c", rng=random.Random(1), config=slow_retry) as rpc:
         with pytest.raises(ConnectionLost, match="cannot connect"):
             await rpc.call(f"127.0.0.1:{port}", ECHO, [], timeout_s=5)
         # Within the backoff window a second call fails fast without connecting.
         with pytest.raises(ConnectionLost, match="unreachable"):
-            await rpc.call(f"127.0.0.1:{port}", ECHO, [], timeout_s=0.001)
+            await rpc.call(f"127.0.0.1:{port}", ECHO, [], timeout_s=1)
         assert rpc.stats.connect_failures == 1
 
 

@@ -49,7 +49,10 @@ mod bindings {
     /// Python face of native/src/wire.rs: walks Python objects into the plain-Rust frame writer
     /// and builds Python objects from the plain-Rust decoder. No format logic lives here.
     mod wire_py {
-        use crate::wire::{self, DecodeError, ErrorKind, Frame, FrameWriter, Sink, WireError};
+        use crate::wire::{
+            self, DecodeError, Emit, ErrorKind, Frame, FrameSizer, FrameWriter, Sink, WireError,
+        };
+        use pyo3::ffi;
         use pyo3::prelude::*;
         use pyo3::types::{
             PyBool, PyByteArray, PyBytes, PyFloat, PyInt, PyList, PyMemoryView, PyString, PyTuple,
@@ -95,46 +98,69 @@ mod bindings {
             EncodeError::new_err(message.to_owned())
         }
 
-        /// Puts one Python value (pre-order, same checks in the same order as the pure twin).
-        fn put(w: &mut FrameWriter, v: &Bound<'_, PyAny>) -> PyResult<()> {
-            if let Ok(b) = v.cast::<PyBytes>() {
-                w.put_bytes(b.as_bytes()).map_err(to_py_err)
+        /// Emits one Python value (pre-order, same checks in the same order as the pure twin).
+        /// Runs twice per frame: into a `FrameSizer` (all checks), then into a `FrameWriter`.
+        fn put<E: Emit>(e: &mut E, v: &Bound<'_, PyAny>) -> PyResult<()> {
+            if v.is_instance_of::<PyBytes>() {
+                // SAFETY: checked just above.
+                let b = unsafe { v.cast_unchecked::<PyBytes>() };
+                e.bytes(b.as_bytes()).map_err(to_py_err)
             } else if v.is_none() {
-                w.put_none();
+                e.none();
                 Ok(())
-            } else if let Ok(b) = v.cast::<PyBool>() {
-                w.put_bool(b.is_true());
+            } else if v.is_instance_of::<PyBool>() {
+                e.boolean(v.is_truthy()?);
                 Ok(())
-            } else if let Ok(i) = v.cast::<PyInt>() {
-                let x: i64 = i.extract().map_err(|_| encode_err(wire::MSG_INT_RANGE))?;
-                w.put_int(x);
+            } else if v.is_instance_of::<PyInt>() {
+                let x: i64 = v.extract().map_err(|_| encode_err(wire::MSG_INT_RANGE))?;
+                e.int(x);
                 Ok(())
-            } else if let Ok(f) = v.cast::<PyFloat>() {
-                w.put_float(f.value());
+            } else if v.is_instance_of::<PyFloat>() {
+                // SAFETY: checked just above.
+                e.float(unsafe { v.cast_unchecked::<PyFloat>() }.value());
                 Ok(())
-            } else if let Ok(s) = v.cast::<PyString>() {
+            } else if v.is_instance_of::<PyString>() {
+                // SAFETY: checked just above.
+                let s = unsafe { v.cast_unchecked::<PyString>() };
                 let s = s.to_str().map_err(|_| encode_err(wire::MSG_SURROGATES))?;
-                w.put_str(s).map_err(to_py_err)
-            } else if let Ok(l) = v.cast::<PyList>() {
-                put_list(w, l.len(), l.iter())
-            } else if let Ok(t) = v.cast::<PyTuple>() {
-                put_list(w, t.len(), t.iter())
+                e.string(s).map_err(to_py_err)
+            } else if v.is_instance_of::<PyList>() {
+                // SAFETY: checked just above.
+                let l = unsafe { v.cast_unchecked::<PyList>() };
+                put_list(e, l.len(), l.iter())
+            } else if v.is_instance_of::<PyTuple>() {
+                // SAFETY: checked just above.
+                let t = unsafe { v.cast_unchecked::<PyTuple>() };
+                put_list(e, t.len(), t.iter())
             } else {
                 let name = v.get_type().name()?;
                 Err(to_py_err(wire::unsupported_type(name.to_str()?)))
             }
         }
 
-        fn put_list<'py>(
-            w: &mut FrameWriter,
+        fn put_list<'py, E: Emit>(
+            e: &mut E,
             len: usize,
             items: impl Iterator<Item = Bound<'py, PyAny>>,
         ) -> PyResult<()> {
-            w.begin_list(len).map_err(to_py_err)?;
+            e.begin_list(len).map_err(to_py_err)?;
             for item in items {
-                put(w, &item)?;
+                put(e, &item)?;
             }
-            w.end_list();
+            e.end_list();
+            Ok(())
+        }
+
+        fn put_fields<E: Emit>(e: &mut E, fields: &Bound<'_, PyAny>) -> PyResult<()> {
+            if let Ok(l) = fields.cast::<PyList>() {
+                for item in l.iter() {
+                    put(e, &item)?;
+                }
+            } else {
+                for item in fields.cast::<PyTuple>()?.iter() {
+                    put(e, &item)?;
+                }
+            }
             Ok(())
         }
 
@@ -150,22 +176,28 @@ mod bindings {
                 .ok_or_else(|| encode_err(wire::MSG_MSG_TYPE))?;
             let request_id =
                 plain_u64(request_id).ok_or_else(|| encode_err(wire::MSG_REQUEST_ID))?;
-            let mut w;
-            if let Ok(l) = fields.cast::<PyList>() {
-                w = FrameWriter::new(msg_type, request_id, l.len()).map_err(to_py_err)?;
-                for item in l.iter() {
-                    put(&mut w, &item)?;
-                }
+            let count = if let Ok(l) = fields.cast::<PyList>() {
+                l.len()
             } else if let Ok(t) = fields.cast::<PyTuple>() {
-                w = FrameWriter::new(msg_type, request_id, t.len()).map_err(to_py_err)?;
-                for item in t.iter() {
-                    put(&mut w, &item)?;
-                }
+                t.len()
             } else {
                 return Err(encode_err(wire::MSG_FIELDS));
-            }
-            let frame = w.finish().map_err(to_py_err)?;
-            Ok(PyBytes::new(py, &frame))
+            };
+            let mut sizer = FrameSizer::new(count).map_err(to_py_err)?;
+            put_fields(&mut sizer, fields)?;
+            let size = sizer.finish().map_err(to_py_err)?;
+            PyBytes::new_with(py, size, |buf| {
+                let mut writer = FrameWriter::new(buf, msg_type, request_id, count);
+                put_fields(&mut writer, fields)?;
+                writer.finish();
+                Ok(())
+            })
+        }
+
+        /// A Python list made at its final length and filled in order.
+        struct WireList<'py> {
+            list: Bound<'py, PyList>,
+            filled: usize,
         }
 
         /// Builds Python objects for the decoder.
@@ -175,6 +207,7 @@ mod bindings {
 
         impl<'py> Sink for PySink<'py> {
             type Value = Bound<'py, PyAny>;
+            type List = WireList<'py>;
             type Error = PyErr;
             fn none(&mut self) -> PyResult<Self::Value> {
                 Ok(self.py.None().into_bound(self.py))
@@ -194,18 +227,43 @@ mod bindings {
             fn string(&mut self, v: &str) -> PyResult<Self::Value> {
                 Ok(PyString::new(self.py, v).into_any())
             }
-            fn list(&mut self, items: Vec<Self::Value>) -> PyResult<Self::Value> {
-                Ok(PyList::new(self.py, items)?.into_any())
+            fn list_new(&mut self, len: usize) -> PyResult<WireList<'py>> {
+                let len_ssize = isize::try_from(len)?;
+                // SAFETY: PyList_New returns a new reference or NULL with an exception set. Its
+                // slots start NULL, which list dealloc and GC traversal accept, and list_push
+                // fills each slot exactly once before the list reaches Python code.
+                let list = unsafe {
+                    Bound::from_owned_ptr_or_err(self.py, ffi::PyList_New(len_ssize))?
+                        .cast_into_unchecked::<PyList>()
+                };
+                Ok(WireList { list, filled: 0 })
+            }
+            fn list_push(&mut self, list: &mut WireList<'py>, item: Self::Value) {
+                assert!(
+                    list.filled < list.list.len(),
+                    "list_push past the list's length"
+                );
+                // SAFETY: the slot is in bounds and still NULL; SET_ITEM steals the reference.
+                unsafe {
+                    ffi::PyList_SET_ITEM(list.list.as_ptr(), list.filled as isize, item.into_ptr())
+                };
+                list.filled += 1;
+            }
+            fn list_done(&mut self, list: WireList<'py>) -> Self::Value {
+                assert_eq!(
+                    list.filled,
+                    list.list.len(),
+                    "list_done before the list is full"
+                );
+                list.list.into_any()
             }
         }
 
         type PyFrame<'py> = (u8, u64, Bound<'py, PyList>);
 
-        fn to_py_frame<'py>(
-            py: Python<'py>,
-            f: Frame<Bound<'py, PyAny>>,
-        ) -> PyResult<PyFrame<'py>> {
-            Ok((f.msg_type, f.request_id, PyList::new(py, f.fields)?))
+        fn to_py_frame<'py>(f: Frame<WireList<'py>>) -> PyFrame<'py> {
+            assert_eq!(f.fields.filled, f.fields.list.len());
+            (f.msg_type, f.request_id, f.fields.list)
         }
 
         /// Runs `f` over the bytes of a bytes, bytearray or memoryview (the last two copied, as
@@ -234,7 +292,7 @@ mod bindings {
             let decoded = with_bytes(frame, |b| wire::decode_frame(b, max, &mut PySink { py }))
                 .map_err(to_py_err)??
                 .map_err(from_decode)?;
-            to_py_frame(py, decoded)
+            Ok(to_py_frame(decoded))
         }
 
         /// Streaming decoder: any split of a byte stream into chunks yields the same frames.
@@ -266,7 +324,7 @@ mod bindings {
                     Ok(result) => result?.map_err(from_decode)?,
                     Err(e) => return Err(to_py_err(self.inner.fail(e))),
                 };
-                frames.into_iter().map(|f| to_py_frame(py, f)).collect()
+                Ok(frames.into_iter().map(to_py_frame).collect())
             }
 
             /// Bytes of the incomplete frame held back.

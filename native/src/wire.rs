@@ -142,116 +142,172 @@ pub fn check_max_frame_bytes(max_frame_bytes: Option<u64>) -> Result<usize, Wire
 // Encoding
 // ---------------------------------------------------------------------------------------------
 
-/// Builds one frame: header, then the fields in pre-order, then `finish` adds length and checksum.
-pub struct FrameWriter {
-    buf: Vec<u8>,
+/// Receives the fields of a frame in pre-order. Encoding takes two passes over the same fields:
+/// `FrameSizer` validates and measures them, then `FrameWriter` writes them into a buffer of
+/// exactly that size (so the bindings can write straight into the final Python `bytes`).
+pub trait Emit {
+    fn none(&mut self);
+    fn boolean(&mut self, v: bool);
+    fn int(&mut self, v: i64);
+    fn float(&mut self, v: f64);
+    fn bytes(&mut self, v: &[u8]) -> Result<(), WireError>;
+    fn string(&mut self, v: &str) -> Result<(), WireError>;
+    /// Opens a list of `count` items; the caller emits them, then calls `end_list`.
+    fn begin_list(&mut self, count: usize) -> Result<(), WireError>;
+    fn end_list(&mut self);
+}
+
+fn check_count(count: usize) -> Result<(), WireError> {
+    if count > MAX_FRAME_SIZE_BYTES {
+        return Err(too_large_to_encode());
+    }
+    Ok(())
+}
+
+/// First encoding pass: every check an encoder makes, and the exact frame size.
+#[derive(Debug)]
+pub struct FrameSizer {
+    size: usize,
     depth: usize,
 }
 
-impl FrameWriter {
-    /// Starts a frame of `field_count` top-level fields.
-    pub fn new(msg_type: u8, request_id: u64, field_count: usize) -> Result<Self, WireError> {
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&MAGIC);
-        buf.push(FORMAT_VERSION);
-        buf.push(msg_type);
-        buf.push(0); // flags: reserved
-        buf.extend_from_slice(&request_id.to_be_bytes());
-        buf.extend_from_slice(&[0; 4]); // body length, filled by finish
-        let mut writer = FrameWriter { buf, depth: 0 };
-        writer.put_count(field_count)?;
-        Ok(writer)
+impl FrameSizer {
+    pub fn new(field_count: usize) -> Result<Self, WireError> {
+        check_count(field_count)?;
+        Ok(FrameSizer {
+            size: HEADER_SIZE + FIELD_COUNT_SIZE,
+            depth: 0,
+        })
     }
 
-    fn put_count(&mut self, count: usize) -> Result<(), WireError> {
-        if count > MAX_FRAME_SIZE_BYTES {
+    fn blob(&mut self, len: usize) -> Result<(), WireError> {
+        check_count(len)?;
+        self.size += 1 + 4 + len;
+        Ok(())
+    }
+
+    /// The size of the whole frame, checksum included.
+    pub fn finish(self) -> Result<usize, WireError> {
+        assert_eq!(self.depth, 0, "finish inside an open list");
+        let total = self.size + CHECKSUM_SIZE;
+        if total > MAX_FRAME_SIZE_BYTES {
             return Err(too_large_to_encode());
         }
-        self.buf.extend_from_slice(&(count as u32).to_be_bytes());
-        Ok(())
+        Ok(total)
     }
+}
 
-    pub fn put_none(&mut self) {
-        self.buf.push(TAG_NONE);
+impl Emit for FrameSizer {
+    fn none(&mut self) {
+        self.size += 1;
     }
-
-    pub fn put_bool(&mut self, v: bool) {
-        self.buf.push(if v { TAG_TRUE } else { TAG_FALSE });
+    fn boolean(&mut self, _v: bool) {
+        self.size += 1;
     }
-
-    pub fn put_int(&mut self, v: i64) {
-        self.buf.push(TAG_INT);
-        self.buf.extend_from_slice(&v.to_be_bytes());
+    fn int(&mut self, _v: i64) {
+        self.size += 9;
     }
-
-    pub fn put_float(&mut self, v: f64) {
-        self.buf.push(TAG_FLOAT);
-        self.buf.extend_from_slice(&v.to_bits().to_be_bytes());
+    fn float(&mut self, _v: f64) {
+        self.size += 9;
     }
-
-    fn put_blob(&mut self, tag: u8, data: &[u8]) -> Result<(), WireError> {
-        self.buf.push(tag);
-        self.put_count(data.len())?;
-        self.buf.extend_from_slice(data);
-        Ok(())
+    fn bytes(&mut self, v: &[u8]) -> Result<(), WireError> {
+        self.blob(v.len())
     }
-
-    pub fn put_bytes(&mut self, v: &[u8]) -> Result<(), WireError> {
-        self.put_blob(TAG_BYTES, v)
+    fn string(&mut self, v: &str) -> Result<(), WireError> {
+        self.blob(v.len())
     }
-
-    pub fn put_str(&mut self, v: &str) -> Result<(), WireError> {
-        self.put_blob(TAG_STR, v.as_bytes())
-    }
-
-    /// Opens a list of `count` items; the caller puts them, then calls `end_list`.
-    pub fn begin_list(&mut self, count: usize) -> Result<(), WireError> {
+    fn begin_list(&mut self, count: usize) -> Result<(), WireError> {
         if self.depth >= MAX_DEPTH {
             return Err(too_deep(ErrorKind::Encode));
         }
-        self.buf.push(TAG_LIST);
-        self.put_count(count)?;
+        check_count(count)?;
+        self.size += 1 + 4;
         self.depth += 1;
         Ok(())
     }
-
-    pub fn end_list(&mut self) {
+    fn end_list(&mut self) {
         assert!(self.depth > 0, "end_list without begin_list");
         self.depth -= 1;
     }
+}
 
-    /// Puts a whole `Value` (used by Rust callers and the tests).
-    pub fn put_value(&mut self, v: &Value) -> Result<(), WireError> {
-        match v {
-            Value::None => self.put_none(),
-            Value::Bool(b) => self.put_bool(*b),
-            Value::Int(i) => self.put_int(*i),
-            Value::Float(f) => self.put_float(*f),
-            Value::Bytes(b) => self.put_bytes(b)?,
-            Value::Str(s) => self.put_str(s)?,
-            Value::List(items) => {
-                self.begin_list(items.len())?;
-                for item in items {
-                    self.put_value(item)?;
-                }
-                self.end_list();
-            }
-        }
+/// Second encoding pass: writes the fields the `FrameSizer` accepted into a buffer of the size
+/// it measured. A mismatch between the passes is a bug and panics (never writes out of bounds).
+pub struct FrameWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> FrameWriter<'a> {
+    /// Writes the header and the field count into `buf` (the whole frame, checksum included).
+    pub fn new(
+        buf: &'a mut [u8],
+        msg_type: u8,
+        request_id: u64,
+        field_count: usize,
+    ) -> FrameWriter<'a> {
+        assert!(buf.len() >= MIN_FRAME_SIZE_BYTES && buf.len() <= MAX_FRAME_SIZE_BYTES);
+        let mut w = FrameWriter { buf, pos: 0 };
+        w.put(&MAGIC);
+        w.put(&[FORMAT_VERSION, msg_type, 0]); // flags: reserved
+        w.put(&request_id.to_be_bytes());
+        let body_len = (w.buf.len() - HEADER_SIZE - CHECKSUM_SIZE) as u32;
+        w.put(&body_len.to_be_bytes());
+        w.put(&(field_count as u32).to_be_bytes());
+        w
+    }
+
+    #[inline]
+    fn put(&mut self, data: &[u8]) {
+        self.buf[self.pos..self.pos + data.len()].copy_from_slice(data);
+        self.pos += data.len();
+    }
+
+    #[inline]
+    fn blob(&mut self, tag: u8, data: &[u8]) {
+        self.put(&[tag]);
+        self.put(&(data.len() as u32).to_be_bytes());
+        self.put(data);
+    }
+
+    /// Appends the checksum; the buffer must be exactly full.
+    pub fn finish(self) {
+        let body_end = self.buf.len() - CHECKSUM_SIZE;
+        assert_eq!(self.pos, body_end, "the size and write passes disagree");
+        let checksum = xxh3_64(&self.buf[..body_end]);
+        self.buf[body_end..].copy_from_slice(&checksum.to_be_bytes());
+    }
+}
+
+impl Emit for FrameWriter<'_> {
+    fn none(&mut self) {
+        self.put(&[TAG_NONE]);
+    }
+    fn boolean(&mut self, v: bool) {
+        self.put(&[if v { TAG_TRUE } else { TAG_FALSE }]);
+    }
+    fn int(&mut self, v: i64) {
+        self.put(&[TAG_INT]);
+        self.put(&v.to_be_bytes());
+    }
+    fn float(&mut self, v: f64) {
+        self.put(&[TAG_FLOAT]);
+        self.put(&v.to_bits().to_be_bytes());
+    }
+    fn bytes(&mut self, v: &[u8]) -> Result<(), WireError> {
+        self.blob(TAG_BYTES, v);
         Ok(())
     }
-
-    /// Fills in the body length, appends the checksum and returns the frame.
-    pub fn finish(mut self) -> Result<Vec<u8>, WireError> {
-        assert_eq!(self.depth, 0, "finish inside an open list");
-        if self.buf.len() + CHECKSUM_SIZE > MAX_FRAME_SIZE_BYTES {
-            return Err(too_large_to_encode());
-        }
-        let body_len = (self.buf.len() - HEADER_SIZE) as u32;
-        self.buf[BODY_LENGTH_OFFSET..HEADER_SIZE].copy_from_slice(&body_len.to_be_bytes());
-        let checksum = xxh3_64(&self.buf);
-        self.buf.extend_from_slice(&checksum.to_be_bytes());
-        Ok(self.buf)
+    fn string(&mut self, v: &str) -> Result<(), WireError> {
+        self.blob(TAG_STR, v.as_bytes());
+        Ok(())
     }
+    fn begin_list(&mut self, count: usize) -> Result<(), WireError> {
+        self.put(&[TAG_LIST]);
+        self.put(&(count as u32).to_be_bytes());
+        Ok(())
+    }
+    fn end_list(&mut self) {}
 }
 
 /// A decoded field, for Rust callers (Python gets its own objects through a `Sink`).
@@ -266,22 +322,50 @@ pub enum Value {
     List(Vec<Value>),
 }
 
+/// Emits a whole `Value` (pre-order).
+pub fn emit_value<E: Emit>(e: &mut E, v: &Value) -> Result<(), WireError> {
+    match v {
+        Value::None => e.none(),
+        Value::Bool(b) => e.boolean(*b),
+        Value::Int(i) => e.int(*i),
+        Value::Float(f) => e.float(*f),
+        Value::Bytes(b) => e.bytes(b)?,
+        Value::Str(s) => e.string(s)?,
+        Value::List(items) => {
+            e.begin_list(items.len())?;
+            for item in items {
+                emit_value(e, item)?;
+            }
+            e.end_list();
+        }
+    }
+    Ok(())
+}
+
 /// Encodes a frame of Rust `Value`s.
 pub fn encode_frame(msg_type: u8, request_id: u64, fields: &[Value]) -> Result<Vec<u8>, WireError> {
-    let mut writer = FrameWriter::new(msg_type, request_id, fields.len())?;
+    let mut sizer = FrameSizer::new(fields.len())?;
     for field in fields {
-        writer.put_value(field)?;
+        emit_value(&mut sizer, field)?;
     }
-    writer.finish()
+    let mut frame = vec![0u8; sizer.finish()?];
+    let mut writer = FrameWriter::new(&mut frame, msg_type, request_id, fields.len());
+    for field in fields {
+        emit_value(&mut writer, field)?;
+    }
+    writer.finish();
+    Ok(frame)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Decoding
 // ---------------------------------------------------------------------------------------------
 
-/// Builds the decoded values (Python objects in the bindings, `Value`s in Rust).
+/// Builds the decoded values (Python objects in the bindings, `Value`s in Rust). A list is made
+/// with its final length, then filled in order with exactly that many items.
 pub trait Sink {
     type Value;
+    type List;
     type Error;
     fn none(&mut self) -> Result<Self::Value, Self::Error>;
     fn boolean(&mut self, v: bool) -> Result<Self::Value, Self::Error>;
@@ -289,7 +373,9 @@ pub trait Sink {
     fn float(&mut self, v: f64) -> Result<Self::Value, Self::Error>;
     fn bytes(&mut self, v: &[u8]) -> Result<Self::Value, Self::Error>;
     fn string(&mut self, v: &str) -> Result<Self::Value, Self::Error>;
-    fn list(&mut self, items: Vec<Self::Value>) -> Result<Self::Value, Self::Error>;
+    fn list_new(&mut self, len: usize) -> Result<Self::List, Self::Error>;
+    fn list_push(&mut self, list: &mut Self::List, item: Self::Value);
+    fn list_done(&mut self, list: Self::List) -> Self::Value;
 }
 
 /// The `Sink` that builds Rust `Value`s.
@@ -297,6 +383,7 @@ pub struct ValueSink;
 
 impl Sink for ValueSink {
     type Value = Value;
+    type List = Vec<Value>;
     type Error = std::convert::Infallible;
     fn none(&mut self) -> Result<Value, Self::Error> {
         Ok(Value::None)
@@ -316,17 +403,23 @@ impl Sink for ValueSink {
     fn string(&mut self, v: &str) -> Result<Value, Self::Error> {
         Ok(Value::Str(v.to_owned()))
     }
-    fn list(&mut self, items: Vec<Value>) -> Result<Value, Self::Error> {
-        Ok(Value::List(items))
+    fn list_new(&mut self, len: usize) -> Result<Vec<Value>, Self::Error> {
+        Ok(Vec::with_capacity(len))
+    }
+    fn list_push(&mut self, list: &mut Vec<Value>, item: Value) {
+        list.push(item);
+    }
+    fn list_done(&mut self, list: Vec<Value>) -> Value {
+        Value::List(list)
     }
 }
 
-/// One decoded frame.
+/// One decoded frame; `fields` is the sink's list.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Frame<V> {
+pub struct Frame<L> {
     pub msg_type: u8,
     pub request_id: u64,
-    pub fields: Vec<V>,
+    pub fields: L,
 }
 
 /// Checks the start of a frame, as many bytes as `head` holds (any length). Returns the total
@@ -388,7 +481,7 @@ pub fn decode_frame<S: Sink>(
     frame: &[u8],
     max_frame_bytes: usize,
     sink: &mut S,
-) -> Result<Frame<S::Value>, DecodeError<S::Error>> {
+) -> Result<Frame<S::List>, DecodeError<S::Error>> {
     let n = frame.len();
     let total = match check_header(frame, max_frame_bytes)? {
         Some(total) => total,
@@ -414,7 +507,7 @@ pub fn decode_frame<S: Sink>(
 fn decode_checked<S: Sink>(
     frame: &[u8],
     sink: &mut S,
-) -> Result<Frame<S::Value>, DecodeError<S::Error>> {
+) -> Result<Frame<S::List>, DecodeError<S::Error>> {
     debug_assert!(frame.len() >= MIN_FRAME_SIZE_BYTES);
     let body_end = frame.len() - CHECKSUM_SIZE;
     if xxh3_64(&frame[..body_end]) != read_u64(frame, body_end) {
@@ -480,9 +573,9 @@ impl<'a> Reader<'a> {
         count: usize,
         depth: usize,
         sink: &mut S,
-    ) -> Result<Vec<S::Value>, DecodeError<S::Error>> {
+    ) -> Result<S::List, DecodeError<S::Error>> {
         debug_assert!(count <= self.remaining() && depth <= MAX_DEPTH);
-        let mut items = Vec::with_capacity(count);
+        let mut items = sink.list_new(count).map_err(DecodeError::Sink)?;
         for _ in 0..count {
             let tag = self.take(1)?[0];
             let item = match tag {
@@ -509,13 +602,14 @@ impl<'a> Reader<'a> {
                         .into());
                     }
                     let sub = self.items(n, depth + 1, sink)?;
-                    sink.list(sub)
+                    Ok(sink.list_done(sub))
                 }
                 other => {
                     return Err(WireError::frame(format!("unknown field tag {other}")).into());
                 }
             };
-            items.push(item.map_err(DecodeError::Sink)?);
+            let item = item.map_err(DecodeError::Sink)?;
+            sink.list_push(&mut items, item);
         }
         Ok(items)
     }
@@ -572,7 +666,7 @@ impl FrameDecoder {
         &mut self,
         data: &[u8],
         sink: &mut S,
-    ) -> Result<Vec<Frame<S::Value>>, DecodeError<S::Error>> {
+    ) -> Result<Vec<Frame<S::List>>, DecodeError<S::Error>> {
         if let Some(error) = &self.poisoned {
             return Err(DecodeError::Wire(error.clone()));
         }
@@ -586,7 +680,7 @@ impl FrameDecoder {
         &mut self,
         data: &[u8],
         sink: &mut S,
-    ) -> Result<Vec<Frame<S::Value>>, DecodeError<S::Error>> {
+    ) -> Result<Vec<Frame<S::List>>, DecodeError<S::Error>> {
         let mut frames = Vec::new();
         let mut pos = 0;
         if !self.buf.is_empty() {
@@ -618,7 +712,7 @@ impl FrameDecoder {
         &mut self,
         data: &[u8],
         sink: &mut S,
-        frames: &mut Vec<Frame<S::Value>>,
+        frames: &mut Vec<Frame<S::List>>,
     ) -> Result<usize, DecodeError<S::Error>> {
         let mut pos = 0;
         if self.buf.len() < HEADER_SIZE {
@@ -663,7 +757,7 @@ mod tests {
         ]
     }
 
-    fn decode(frame: &[u8]) -> Result<Frame<Value>, WireError> {
+    fn decode(frame: &[u8]) -> Result<Frame<Vec<Value>>, WireError> {
         match decode_frame(frame, MAX_FRAME_SIZE_BYTES, &mut ValueSink) {
             Ok(f) => Ok(f),
             Err(DecodeError::Wire(e)) => Err(e),
@@ -671,7 +765,7 @@ mod tests {
         }
     }
 
-    fn feed(dec: &mut FrameDecoder, data: &[u8]) -> Result<Vec<Frame<Value>>, WireError> {
+    fn feed(dec: &mut FrameDecoder, data: &[u8]) -> Result<Vec<Frame<Vec<Value>>>, WireError> {
         match dec.feed(data, &mut ValueSink) {
             Ok(f) => Ok(f),
             Err(DecodeError::Wire(e)) => Err(e),
@@ -780,40 +874,75 @@ mod tests {
         }
     }
 
+    /// A frame around a hand-built (possibly malformed) body, with a correct checksum.
+    fn raw_frame(body: &[u8]) -> Vec<u8> {
+        let mut frame = b"DY\x01\x07\x00".to_vec();
+        frame.extend_from_slice(&9u64.to_be_bytes());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(body);
+        let sum = xxh3_64(&frame);
+        frame.extend_from_slice(&sum.to_be_bytes());
+        frame
+    }
+
+    #[test]
+    fn raw_frame_matches_encoder() {
+        let want = encode_frame(7, 9, &[Value::Int(1)]).unwrap();
+        assert_eq!(
+            raw_frame(&[0, 0, 0, 1, TAG_INT, 0, 0, 0, 0, 0, 0, 0, 1]),
+            want
+        );
+    }
+
     #[test]
     fn depth_is_bounded_both_ways() {
         assert!(encode_frame(1, 1, &[nested(MAX_DEPTH)]).is_ok());
         let err = encode_frame(1, 1, &[nested(MAX_DEPTH + 1)]).unwrap_err();
         assert_eq!(err.kind, ErrorKind::Encode);
-        // Hand-build a frame nested one level too deep.
-        let mut w = FrameWriter::new(1, 1, 1).unwrap();
-        for _ in 0..MAX_DEPTH {
-            w.begin_list(1).unwrap();
+        let ok = encode_frame(1, 1, &[nested(MAX_DEPTH)]).unwrap();
+        assert_eq!(decode(&ok).unwrap().fields, vec![nested(MAX_DEPTH)]);
+        let mut body = vec![0, 0, 0, 1];
+        for level in 0..=MAX_DEPTH {
+            body.extend_from_slice(&[TAG_LIST, 0, 0, 0, u8::from(level < MAX_DEPTH)]);
         }
-        w.depth = 0; // bypass the writer's own check to build the malformed frame
-        w.begin_list(0).unwrap();
-        w.depth = 0;
-        let frame = w.finish().unwrap();
-        let err = decode(&frame).unwrap_err();
+        let err = decode(&raw_frame(&body)).unwrap_err();
         assert_eq!(err.message, format!("lists nested deeper than {MAX_DEPTH}"));
     }
 
     #[test]
     fn counts_are_checked_against_the_body() {
-        let mut w = FrameWriter::new(1, 1, 1).unwrap();
-        w.begin_list(1000).unwrap();
-        w.end_list();
-        let frame = w.finish().unwrap();
-        let err = decode(&frame).unwrap_err();
+        let err = decode(&raw_frame(&[0, 0, 0, 1, TAG_LIST, 0, 0, 3, 232])).unwrap_err();
         assert_eq!(err.message, "list of 1000 items exceeds the body");
+        let err = decode(&raw_frame(&[0, 0, 0, 2, TAG_NONE])).unwrap_err();
+        assert_eq!(err.message, "field count 2 exceeds the body");
+        let err = decode(&raw_frame(&[0, 0, 0, 1, TAG_BYTES, 0, 0, 0, 9, 1])).unwrap_err();
+        assert_eq!(err.message, MSG_TRUNCATED_FIELD);
+        let err = decode(&raw_frame(&[0, 0, 0, 1, TAG_NONE, TAG_NONE])).unwrap_err();
+        assert_eq!(err.message, "1 trailing bytes in the body");
+        let err = decode(&raw_frame(&[0, 0, 0, 1, 8])).unwrap_err();
+        assert_eq!(err.message, "unknown field tag 8");
+        let err = decode(&raw_frame(&[0, 0, 0])).unwrap_err();
+        assert_eq!(
+            err.message,
+            "body of 3 bytes is shorter than its field count"
+        );
     }
 
     #[test]
     fn invalid_utf8_is_rejected() {
-        let mut w = FrameWriter::new(1, 1, 1).unwrap();
-        w.put_blob(TAG_STR, &[0xed, 0xa0, 0x80]).unwrap(); // an encoded surrogate
-        let frame = w.finish().unwrap();
+        // An encoded surrogate: well-formed bytes, but not UTF-8.
+        let frame = raw_frame(&[0, 0, 0, 1, TAG_STR, 0, 0, 0, 3, 0xed, 0xa0, 0x80]);
         assert_eq!(decode(&frame).unwrap_err().message, MSG_BAD_UTF8);
+    }
+
+    #[test]
+    fn sizer_measures_exactly() {
+        let mut sizer = FrameSizer::new(sample().len()).unwrap();
+        for v in sample() {
+            emit_value(&mut sizer, &v).unwrap();
+        }
+        let size = sizer.finish().unwrap();
+        assert_eq!(size, encode_frame(1, 1, &sample()).unwrap().len());
     }
 
     #[test]

@@ -180,8 +180,12 @@ impl FrameSizer {
         })
     }
 
+    /// A bytes or str field: the frame must still fit once it is added (checked before the
+    /// field is copied anywhere, so an oversized value fails at no cost).
     fn blob(&mut self, len: usize) -> Result<(), WireError> {
-        check_count(len)?;
+        if self.size + 1 + 4 + len + CHECKSUM_SIZE > MAX_FRAME_SIZE_BYTES {
+            return Err(too_large_to_encode());
+        }
         self.size += 1 + 4 + len;
         Ok(())
     }

@@ -44,6 +44,9 @@ _BODY_LENGTH_OFFSET = 13
 _INT_MIN = -(1 << 63)
 _INT_MAX = (1 << 63) - 1
 _U64_MAX = (1 << 64) - 1
+# A bytes or str field of n bytes fits while len(out) + n <= _BLOB_ROOM (tag, length, checksum);
+# checked before the field is copied, at the same points as the Rust twin's FrameSizer.
+_BLOB_ROOM = MAX_FRAME_SIZE_BYTES - 1 - 4 - CHECKSUM_SIZE
 
 _HEADER = Struct(">2sBBBQI")  # magic, version, msg type, flags, request id, body length
 _U32 = Struct(">I")
@@ -116,7 +119,7 @@ def _put_items(out: bytearray, items: list[Any] | tuple[Any, ...], depth: int) -
     for v in items:
         t = type(v)
         if t is bytes:
-            if len(v) > MAX_FRAME_SIZE_BYTES:
+            if len(out) + len(v) > _BLOB_ROOM:
                 raise EncodeError(_MSG_ENCODE_TOO_LARGE)
             out += _TAG_U32.pack(TAG_BYTES, len(v))
             out += v
@@ -143,7 +146,7 @@ def _put_str(out: bytearray, v: str) -> None:
         raw = v.encode("utf-8")
     except UnicodeEncodeError:
         raise EncodeError(_MSG_SURROGATES) from None
-    if len(raw) > MAX_FRAME_SIZE_BYTES:
+    if len(out) + len(raw) > _BLOB_ROOM:
         raise EncodeError(_MSG_ENCODE_TOO_LARGE)
     out += _TAG_U32.pack(TAG_STR, len(raw))
     out += raw
@@ -165,7 +168,7 @@ def _put_subclass(out: bytearray, v: object, depth: int) -> None:
     elif isinstance(v, float):
         out += _TAG_F64.pack(TAG_FLOAT, v)
     elif isinstance(v, bytes):
-        if len(v) > MAX_FRAME_SIZE_BYTES:
+        if len(out) + len(v) > _BLOB_ROOM:
             raise EncodeError(_MSG_ENCODE_TOO_LARGE)
         out += _TAG_U32.pack(TAG_BYTES, len(v))
         out += v

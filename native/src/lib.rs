@@ -50,7 +50,7 @@ mod bindings {
     /// and builds Python objects from the plain-Rust decoder. No format logic lives here.
     mod wire_py {
         use crate::wire::{
-            self, DecodeError, Emit, ErrorKind, Frame, FrameSizer, FrameWriter, Sink, WireError,
+            self, DecodeError, Encoded, ErrorKind, Frame, FrameEncoder, Sink, WireError,
         };
         use pyo3::ffi;
         use pyo3::prelude::*;
@@ -98,36 +98,39 @@ mod bindings {
             EncodeError::new_err(message.to_owned())
         }
 
-        /// Emits one Python value (pre-order, same checks in the same order as the pure twin).
-        /// Runs twice per frame: into a `FrameSizer` (all checks), then into a `FrameWriter`.
-        fn put<E: Emit>(e: &mut E, v: &Bound<'_, PyAny>) -> PyResult<()> {
+        /// Frames up to this size are encoded in one pass into a stack buffer, then copied
+        /// into the result; bigger ones are sized first and written straight into the result.
+        const WIRE_STACK_BYTES: usize = 512;
+
+        /// Encodes one Python value (pre-order, same checks in the same order as the pure twin).
+        fn put(e: &mut FrameEncoder<'_>, v: &Bound<'_, PyAny>) -> PyResult<()> {
             if v.is_instance_of::<PyBytes>() {
                 // SAFETY: checked just above.
                 let b = unsafe { v.cast_unchecked::<PyBytes>() };
                 e.bytes(b.as_bytes()).map_err(to_py_err)
-            } else if v.is_none() {
-                e.none();
-                Ok(())
-            } else if v.is_instance_of::<PyBool>() {
-                e.boolean(v.is_truthy()?);
-                Ok(())
-            } else if v.is_instance_of::<PyInt>() {
-                let x: i64 = v.extract().map_err(|_| encode_err(wire::MSG_INT_RANGE))?;
-                e.int(x);
-                Ok(())
-            } else if v.is_instance_of::<PyFloat>() {
-                // SAFETY: checked just above.
-                e.float(unsafe { v.cast_unchecked::<PyFloat>() }.value());
-                Ok(())
             } else if v.is_instance_of::<PyString>() {
                 // SAFETY: checked just above.
                 let s = unsafe { v.cast_unchecked::<PyString>() };
                 let s = s.to_str().map_err(|_| encode_err(wire::MSG_SURROGATES))?;
                 e.string(s).map_err(to_py_err)
+            } else if v.is_instance_of::<PyBool>() {
+                e.boolean(v.as_ptr() == unsafe { ffi::Py_True() });
+                Ok(())
+            } else if v.is_instance_of::<PyInt>() {
+                let x: i64 = v.extract().map_err(|_| encode_err(wire::MSG_INT_RANGE))?;
+                e.int(x);
+                Ok(())
+            } else if v.is_none() {
+                e.none();
+                Ok(())
             } else if v.is_instance_of::<PyList>() {
                 // SAFETY: checked just above.
                 let l = unsafe { v.cast_unchecked::<PyList>() };
                 put_list(e, l.len(), l.iter())
+            } else if v.is_instance_of::<PyFloat>() {
+                // SAFETY: checked just above.
+                e.float(unsafe { v.cast_unchecked::<PyFloat>() }.value());
+                Ok(())
             } else if v.is_instance_of::<PyTuple>() {
                 // SAFETY: checked just above.
                 let t = unsafe { v.cast_unchecked::<PyTuple>() };
@@ -138,8 +141,8 @@ mod bindings {
             }
         }
 
-        fn put_list<'py, E: Emit>(
-            e: &mut E,
+        fn put_list<'py>(
+            e: &mut FrameEncoder<'_>,
             len: usize,
             items: impl Iterator<Item = Bound<'py, PyAny>>,
         ) -> PyResult<()> {
@@ -151,17 +154,28 @@ mod bindings {
             Ok(())
         }
 
-        fn put_fields<E: Emit>(e: &mut E, fields: &Bound<'_, PyAny>) -> PyResult<()> {
+        /// Encodes the frame into `buf`: complete if it fits, else only sized.
+        fn encode_into(
+            buf: &mut [u8],
+            msg_type: u8,
+            request_id: u64,
+            fields: &Bound<'_, PyAny>,
+        ) -> PyResult<Encoded> {
+            let mut e;
             if let Ok(l) = fields.cast::<PyList>() {
+                e = FrameEncoder::new(buf, msg_type, request_id, l.len()).map_err(to_py_err)?;
                 for item in l.iter() {
-                    put(e, &item)?;
+                    put(&mut e, &item)?;
+                }
+            } else if let Ok(t) = fields.cast::<PyTuple>() {
+                e = FrameEncoder::new(buf, msg_type, request_id, t.len()).map_err(to_py_err)?;
+                for item in t.iter() {
+                    put(&mut e, &item)?;
                 }
             } else {
-                for item in fields.cast::<PyTuple>()?.iter() {
-                    put(e, &item)?;
-                }
+                return Err(encode_err(wire::MSG_FIELDS));
             }
-            Ok(())
+            e.finish().map_err(to_py_err)
         }
 
         #[pyfunction]
@@ -176,20 +190,18 @@ mod bindings {
                 .ok_or_else(|| encode_err(wire::MSG_MSG_TYPE))?;
             let request_id =
                 plain_u64(request_id).ok_or_else(|| encode_err(wire::MSG_REQUEST_ID))?;
-            let count = if let Ok(l) = fields.cast::<PyList>() {
-                l.len()
-            } else if let Ok(t) = fields.cast::<PyTuple>() {
-                t.len()
-            } else {
-                return Err(encode_err(wire::MSG_FIELDS));
-            };
-            let mut sizer = FrameSizer::new(count).map_err(to_py_err)?;
-            put_fields(&mut sizer, fields)?;
-            let size = sizer.finish().map_err(to_py_err)?;
-            PyBytes::new_with(py, size, |buf| {
-                let mut writer = FrameWriter::new(buf, msg_type, request_id, count);
-                put_fields(&mut writer, fields)?;
-                writer.finish();
+            let mut stack = [0u8; WIRE_STACK_BYTES];
+            let first = encode_into(&mut stack, msg_type, request_id, fields)?;
+            if first.complete {
+                return Ok(PyBytes::new(py, &stack[..first.size]));
+            }
+            // No Python code runs between the passes, so the second sees the same values.
+            PyBytes::new_with(py, first.size, |buf| {
+                let second = encode_into(buf, msg_type, request_id, fields)?;
+                assert!(
+                    second.complete && second.size == first.size,
+                    "encode passes disagree"
+                );
                 Ok(())
             })
         }

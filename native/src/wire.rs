@@ -142,19 +142,25 @@ pub fn check_max_frame_bytes(max_frame_bytes: Option<u64>) -> Result<usize, Wire
 // Encoding
 // ---------------------------------------------------------------------------------------------
 
-/// Receives the fields of a frame in pre-order. Encoding takes two passes over the same fields:
-/// `FrameSizer` validates and measures them, then `FrameWriter` writes them into a buffer of
-/// exactly that size (so the bindings can write straight into the final Python `bytes`).
-pub trait Emit {
-    fn none(&mut self);
-    fn boolean(&mut self, v: bool);
-    fn int(&mut self, v: i64);
-    fn float(&mut self, v: f64);
-    fn bytes(&mut self, v: &[u8]) -> Result<(), WireError>;
-    fn string(&mut self, v: &str) -> Result<(), WireError>;
-    /// Opens a list of `count` items; the caller emits them, then calls `end_list`.
-    fn begin_list(&mut self, count: usize) -> Result<(), WireError>;
-    fn end_list(&mut self);
+/// Encodes one frame into a caller's buffer, in one pass over the fields (pre-order).
+///
+/// It makes every check an encoder makes and counts the frame's size, writing while the buffer
+/// has room: with a buffer big enough (the bindings use one on the stack) the frame is done in
+/// one pass; otherwise `finish` reports the exact size and the caller encodes again into a buffer
+/// of that size (an empty buffer makes a pure sizer).
+pub struct FrameEncoder<'a> {
+    buf: &'a mut [u8],
+    size: usize,
+    depth: usize,
+}
+
+/// What `FrameEncoder::finish` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoded {
+    /// Size of the whole frame, checksum included.
+    pub size: usize,
+    /// Whether the frame was written whole into `buf[..size]`.
+    pub complete: bool,
 }
 
 fn check_count(count: usize) -> Result<(), WireError> {
@@ -164,154 +170,115 @@ fn check_count(count: usize) -> Result<(), WireError> {
     Ok(())
 }
 
-/// First encoding pass: every check an encoder makes, and the exact frame size.
-#[derive(Debug)]
-pub struct FrameSizer {
-    size: usize,
-    depth: usize,
-}
-
-impl FrameSizer {
-    pub fn new(field_count: usize) -> Result<Self, WireError> {
-        check_count(field_count)?;
-        Ok(FrameSizer {
-            size: HEADER_SIZE + FIELD_COUNT_SIZE,
-            depth: 0,
-        })
-    }
-
-    /// A bytes or str field: the frame must still fit once it is added (checked before the
-    /// field is copied anywhere, so an oversized value fails at no cost).
-    fn blob(&mut self, len: usize) -> Result<(), WireError> {
-        if self.size + 1 + 4 + len + CHECKSUM_SIZE > MAX_FRAME_SIZE_BYTES {
-            return Err(too_large_to_encode());
-        }
-        self.size += 1 + 4 + len;
-        Ok(())
-    }
-
-    /// The size of the whole frame, checksum included.
-    pub fn finish(self) -> Result<usize, WireError> {
-        assert_eq!(self.depth, 0, "finish inside an open list");
-        let total = self.size + CHECKSUM_SIZE;
-        if total > MAX_FRAME_SIZE_BYTES {
-            return Err(too_large_to_encode());
-        }
-        Ok(total)
-    }
-}
-
-impl Emit for FrameSizer {
-    fn none(&mut self) {
-        self.size += 1;
-    }
-    fn boolean(&mut self, _v: bool) {
-        self.size += 1;
-    }
-    fn int(&mut self, _v: i64) {
-        self.size += 9;
-    }
-    fn float(&mut self, _v: f64) {
-        self.size += 9;
-    }
-    fn bytes(&mut self, v: &[u8]) -> Result<(), WireError> {
-        self.blob(v.len())
-    }
-    fn string(&mut self, v: &str) -> Result<(), WireError> {
-        self.blob(v.len())
-    }
-    fn begin_list(&mut self, count: usize) -> Result<(), WireError> {
-        if self.depth >= MAX_DEPTH {
-            return Err(too_deep(ErrorKind::Encode));
-        }
-        check_count(count)?;
-        self.size += 1 + 4;
-        self.depth += 1;
-        Ok(())
-    }
-    fn end_list(&mut self) {
-        assert!(self.depth > 0, "end_list without begin_list");
-        self.depth -= 1;
-    }
-}
-
-/// Second encoding pass: writes the fields the `FrameSizer` accepted into a buffer of the size
-/// it measured. A mismatch between the passes is a bug and panics (never writes out of bounds).
-pub struct FrameWriter<'a> {
-    buf: &'a mut [u8],
-    pos: usize,
-}
-
-impl<'a> FrameWriter<'a> {
-    /// Writes the header and the field count into `buf` (the whole frame, checksum included).
+impl<'a> FrameEncoder<'a> {
+    /// Starts a frame of `field_count` top-level fields.
     pub fn new(
         buf: &'a mut [u8],
         msg_type: u8,
         request_id: u64,
         field_count: usize,
-    ) -> FrameWriter<'a> {
-        assert!(buf.len() >= MIN_FRAME_SIZE_BYTES && buf.len() <= MAX_FRAME_SIZE_BYTES);
-        let mut w = FrameWriter { buf, pos: 0 };
-        w.put(&MAGIC);
-        w.put(&[FORMAT_VERSION, msg_type, 0]); // flags: reserved
-        w.put(&request_id.to_be_bytes());
-        let body_len = (w.buf.len() - HEADER_SIZE - CHECKSUM_SIZE) as u32;
-        w.put(&body_len.to_be_bytes());
-        w.put(&(field_count as u32).to_be_bytes());
-        w
+    ) -> Result<Self, WireError> {
+        check_count(field_count)?;
+        let mut e = FrameEncoder {
+            buf,
+            size: 0,
+            depth: 0,
+        };
+        e.put(&MAGIC);
+        e.put(&[FORMAT_VERSION, msg_type, 0]); // flags: reserved
+        e.put(&request_id.to_be_bytes());
+        e.put(&[0; 4]); // body length, filled by finish
+        e.put(&(field_count as u32).to_be_bytes());
+        Ok(e)
     }
 
     #[inline]
     fn put(&mut self, data: &[u8]) {
-        self.buf[self.pos..self.pos + data.len()].copy_from_slice(data);
-        self.pos += data.len();
+        let end = self.size + data.len();
+        if let Some(dest) = self.buf.get_mut(self.size..end) {
+            dest.copy_from_slice(data);
+        }
+        self.size = end;
     }
 
-    #[inline]
-    fn blob(&mut self, tag: u8, data: &[u8]) {
+    /// A bytes or str field: the frame must still fit once it is added (checked before the
+    /// field is copied anywhere, so an oversized value fails at no cost).
+    fn blob(&mut self, tag: u8, data: &[u8]) -> Result<(), WireError> {
+        if self.size + 1 + 4 + data.len() + CHECKSUM_SIZE > MAX_FRAME_SIZE_BYTES {
+            return Err(too_large_to_encode());
+        }
         self.put(&[tag]);
         self.put(&(data.len() as u32).to_be_bytes());
         self.put(data);
+        Ok(())
     }
 
-    /// Appends the checksum; the buffer must be exactly full.
-    pub fn finish(self) {
-        let body_end = self.buf.len() - CHECKSUM_SIZE;
-        assert_eq!(self.pos, body_end, "the size and write passes disagree");
-        let checksum = xxh3_64(&self.buf[..body_end]);
-        self.buf[body_end..].copy_from_slice(&checksum.to_be_bytes());
-    }
-}
-
-impl Emit for FrameWriter<'_> {
-    fn none(&mut self) {
+    pub fn none(&mut self) {
         self.put(&[TAG_NONE]);
     }
-    fn boolean(&mut self, v: bool) {
+
+    pub fn boolean(&mut self, v: bool) {
         self.put(&[if v { TAG_TRUE } else { TAG_FALSE }]);
     }
-    fn int(&mut self, v: i64) {
-        self.put(&[TAG_INT]);
-        self.put(&v.to_be_bytes());
+
+    pub fn int(&mut self, v: i64) {
+        let b = v.to_be_bytes();
+        self.put(&[TAG_INT, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     }
-    fn float(&mut self, v: f64) {
-        self.put(&[TAG_FLOAT]);
-        self.put(&v.to_bits().to_be_bytes());
+
+    pub fn float(&mut self, v: f64) {
+        let b = v.to_bits().to_be_bytes();
+        self.put(&[TAG_FLOAT, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     }
-    fn bytes(&mut self, v: &[u8]) -> Result<(), WireError> {
-        self.blob(TAG_BYTES, v);
-        Ok(())
+
+    pub fn bytes(&mut self, v: &[u8]) -> Result<(), WireError> {
+        self.blob(TAG_BYTES, v)
     }
-    fn string(&mut self, v: &str) -> Result<(), WireError> {
-        self.blob(TAG_STR, v.as_bytes());
-        Ok(())
+
+    pub fn string(&mut self, v: &str) -> Result<(), WireError> {
+        self.blob(TAG_STR, v.as_bytes())
     }
-    fn begin_list(&mut self, count: usize) -> Result<(), WireError> {
+
+    /// Opens a list of `count` items; the caller encodes them, then calls `end_list`.
+    pub fn begin_list(&mut self, count: usize) -> Result<(), WireError> {
+        if self.depth >= MAX_DEPTH {
+            return Err(too_deep(ErrorKind::Encode));
+        }
+        check_count(count)?;
         self.put(&[TAG_LIST]);
         self.put(&(count as u32).to_be_bytes());
+        self.depth += 1;
         Ok(())
     }
-    fn end_list(&mut self) {}
+
+    pub fn end_list(&mut self) {
+        assert!(self.depth > 0, "end_list without begin_list");
+        self.depth -= 1;
+    }
+
+    /// Checks the frame's size; if it was written whole, fills in the body length and the
+    /// checksum.
+    pub fn finish(self) -> Result<Encoded, WireError> {
+        assert_eq!(self.depth, 0, "finish inside an open list");
+        let size = self.size + CHECKSUM_SIZE;
+        if size > MAX_FRAME_SIZE_BYTES {
+            return Err(too_large_to_encode());
+        }
+        if size > self.buf.len() {
+            return Ok(Encoded {
+                size,
+                complete: false,
+            });
+        }
+        let body_len = (self.size - HEADER_SIZE) as u32;
+        self.buf[BODY_LENGTH_OFFSET..HEADER_SIZE].copy_from_slice(&body_len.to_be_bytes());
+        let checksum = xxh3_64(&self.buf[..self.size]);
+        self.buf[self.size..size].copy_from_slice(&checksum.to_be_bytes());
+        Ok(Encoded {
+            size,
+            complete: true,
+        })
+    }
 }
 
 /// A decoded field, for Rust callers (Python gets its own objects through a `Sink`).
@@ -326,8 +293,8 @@ pub enum Value {
     List(Vec<Value>),
 }
 
-/// Emits a whole `Value` (pre-order).
-pub fn emit_value<E: Emit>(e: &mut E, v: &Value) -> Result<(), WireError> {
+/// Encodes a whole `Value` (pre-order).
+pub fn encode_value(e: &mut FrameEncoder<'_>, v: &Value) -> Result<(), WireError> {
     match v {
         Value::None => e.none(),
         Value::Bool(b) => e.boolean(*b),
@@ -338,7 +305,7 @@ pub fn emit_value<E: Emit>(e: &mut E, v: &Value) -> Result<(), WireError> {
         Value::List(items) => {
             e.begin_list(items.len())?;
             for item in items {
-                emit_value(e, item)?;
+                encode_value(e, item)?;
             }
             e.end_list();
         }
@@ -346,18 +313,31 @@ pub fn emit_value<E: Emit>(e: &mut E, v: &Value) -> Result<(), WireError> {
     Ok(())
 }
 
-/// Encodes a frame of Rust `Value`s.
+fn encode_into(
+    buf: &mut [u8],
+    msg_type: u8,
+    request_id: u64,
+    fields: &[Value],
+) -> Result<Encoded, WireError> {
+    let mut e = FrameEncoder::new(buf, msg_type, request_id, fields.len())?;
+    for field in fields {
+        encode_value(&mut e, field)?;
+    }
+    e.finish()
+}
+
+/// Encodes a frame of Rust `Value`s: one pass to size it, one to write it.
 pub fn encode_frame(msg_type: u8, request_id: u64, fields: &[Value]) -> Result<Vec<u8>, WireError> {
-    let mut sizer = FrameSizer::new(fields.len())?;
-    for field in fields {
-        emit_value(&mut sizer, field)?;
-    }
-    let mut frame = vec![0u8; sizer.finish()?];
-    let mut writer = FrameWriter::new(&mut frame, msg_type, request_id, fields.len());
-    for field in fields {
-        emit_value(&mut writer, field)?;
-    }
-    writer.finish();
+    let sized = encode_into(&mut [], msg_type, request_id, fields)?;
+    let mut frame = vec![0u8; sized.size];
+    let written = encode_into(&mut frame, msg_type, request_id, fields)?;
+    assert_eq!(
+        written,
+        Encoded {
+            size: sized.size,
+            complete: true
+        }
+    );
     Ok(frame)
 }
 
@@ -940,13 +920,29 @@ mod tests {
     }
 
     #[test]
-    fn sizer_measures_exactly() {
-        let mut sizer = FrameSizer::new(sample().len()).unwrap();
-        for v in sample() {
-            emit_value(&mut sizer, &v).unwrap();
+    fn small_buffer_reports_the_exact_size() {
+        let want = encode_frame(1, 1, &sample()).unwrap();
+        for room in [0, 5, HEADER_SIZE, want.len() - 1] {
+            let mut buf = vec![0u8; room];
+            let got = encode_into(&mut buf, 1, 1, &sample()).unwrap();
+            assert_eq!(
+                got,
+                Encoded {
+                    size: want.len(),
+                    complete: false
+                }
+            );
         }
-        let size = sizer.finish().unwrap();
-        assert_eq!(size, encode_frame(1, 1, &sample()).unwrap().len());
+        let mut buf = vec![0u8; want.len() + 10];
+        let got = encode_into(&mut buf, 1, 1, &sample()).unwrap();
+        assert_eq!(
+            got,
+            Encoded {
+                size: want.len(),
+                complete: true
+            }
+        );
+        assert_eq!(&buf[..want.len()], &want[..]);
     }
 
     #[test]

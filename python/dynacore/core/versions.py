@@ -88,7 +88,10 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
             raise VersionError("truncated: varint past the end")
         b = data[pos]
         pos += 1
-        result |= (b & 0x7F) << shift
+        low = b & 0x7F
+        if shift == 63 and low > 1:
+            raise VersionError("varint exceeds 64 bits")
+        result |= low << shift
         if b < 0x80:
             break
         shift += 7
@@ -96,69 +99,110 @@ def _varint(data: bytes, pos: int, end: int) -> tuple[int, int]:
             raise VersionError("varint longer than 10 bytes")
     if b == 0:
         raise VersionError("varint not minimal")
-    if result > MAX_COUNTER:
-        raise VersionError("varint exceeds 64 bits")
     return result, pos
 
 
 def _node_at(data: bytes, pos: int, end: int) -> tuple[bytes, int]:
     """Read one length-prefixed node id; check its length and UTF-8."""
-    length, pos = _varint(data, pos, end)
+    if pos < end and data[pos] < 0x80:  # fast path: a one-byte length
+        length = data[pos]
+        pos += 1
+    else:
+        length, pos = _varint(data, pos, end)
     if length == 0 or length > MAX_NODE_BYTES:
         raise VersionError(f"node id length {length} outside 1..{MAX_NODE_BYTES}")
-    stop = pos + length
-    if stop > end:
+    if length > end - pos:
         raise VersionError("truncated: node id past the end")
+    stop = pos + length
     node = data[pos:stop]
     if not node.isascii():
-        try:
-            node.decode("utf-8")
-        except UnicodeDecodeError:
-            raise VersionError("node id is not UTF-8") from None
+        _check_utf8(node)
     return node, stop
+
+
+def _check_utf8(node: bytes) -> None:
+    try:
+        node.decode("utf-8")
+    except UnicodeDecodeError:
+        raise VersionError("node id is not UTF-8") from None
 
 
 def _bytes_at(data: bytes, pos: int, end: int) -> tuple[bytes, int]:
     """Read one length-prefixed byte string."""
-    length, pos = _varint(data, pos, end)
-    stop = pos + length
-    if stop > end:
+    if pos < end and data[pos] < 0x80:  # fast path: a one-byte length
+        length = data[pos]
+        pos += 1
+    else:
+        length, pos = _varint(data, pos, end)
+    if length > end - pos:
         raise VersionError("truncated: value past the end")
+    stop = pos + length
     return data[pos:stop], stop
 
 
 def _decode_set(data: object) -> tuple[list[_Entry], list[bytes]]:
-    """Decode and validate an encoded set."""
+    """Decode and validate an encoded set (any object: non-bytes is a VersionError)."""
     if not isinstance(data, bytes):
         raise VersionError(f"a version set must be bytes, not {type(data).__name__}")
+    return _decode_set_bytes(data if type(data) is bytes else bytes(data))
+
+
+def _decode_set_bytes(data: bytes) -> tuple[list[_Entry], list[bytes]]:
+    # The common case (one-byte lengths and counters, all within the buffer) is read inline;
+    # anything else goes through the helpers, which also raise the errors.
     end = len(data)
-    if end == 0 or data[0] != SET_TAG:
-        raise VersionError("not an encoded version set (bad tag or version)")
+    if end < 3 or data[0] != SET_TAG:
+        raise VersionError("not an encoded version set (bad tag, version or size)")
     count, pos = _varint(data, 1, end)
     if count > end - pos:
         raise VersionError("truncated: more entries announced than bytes left")
     entries: list[_Entry] = []
     prev = b""
-    for _ in range(count):
-        node, pos = _node_at(data, pos, end)
+    for _k in range(count):
+        length = data[pos] if pos < end else 0
+        if 0 < length < 0x80 and length < end - pos:
+            pos += 1
+            stop = pos + length
+            node = data[pos:stop]
+            pos = stop
+            if not node.isascii():
+                _check_utf8(node)
+        else:
+            node, pos = _node_at(data, pos, end)
         if node <= prev:
             raise VersionError("entries not strictly sorted by node id")
         prev = node
-        counter, pos = _varint(data, pos, end)
-        if counter == 0:
-            raise VersionError("entry counter is 0")
-        n_values, pos = _varint(data, pos, end)
+        if pos < end and 0 < data[pos] < 0x80:
+            counter = data[pos]
+            pos += 1
+        else:
+            counter, pos = _varint(data, pos, end)
+            if counter == 0:
+                raise VersionError("entry counter is 0")
+        if pos < end and data[pos] < 0x80:
+            n_values = data[pos]
+            pos += 1
+        else:
+            n_values, pos = _varint(data, pos, end)
         if n_values > counter:
             raise VersionError("entry has more values than its counter")
         if n_values > end - pos:
             raise VersionError("truncated: more values announced than bytes left")
         vals: list[bytes] = []
-        for _ in range(n_values):
-            value, pos = _bytes_at(data, pos, end)
-            vals.append(value)
+        for _k in range(n_values):
+            length = data[pos] if pos < end else 0x80
+            if length < 0x80 and length < end - pos:
+                pos += 1
+                stop = pos + length
+                vals.append(data[pos:stop])
+                pos = stop
+            else:
+                value, pos = _bytes_at(data, pos, end)
+                vals.append(value)
         entries.append((node, counter, vals))
-    anon = _decode_anon(data, pos, end)
-    return entries, anon
+    if pos == end - 1 and data[pos] == 0:  # no anonymous values
+        return entries, []
+    return entries, _decode_anon(data, pos, end)
 
 
 def _decode_anon(data: bytes, pos: int, end: int) -> list[bytes]:
@@ -167,9 +211,9 @@ def _decode_anon(data: bytes, pos: int, end: int) -> list[bytes]:
     if count > end - pos:
         raise VersionError("truncated: more anonymous values announced than bytes left")
     anon: list[bytes] = []
-    for i in range(count):
+    for k in range(count):
         value, pos = _bytes_at(data, pos, end)
-        if i and value <= anon[i - 1]:
+        if k and value <= anon[k - 1]:
             raise VersionError("anonymous values not strictly sorted")
         anon.append(value)
     if pos != end:
@@ -181,6 +225,10 @@ def _decode_vv(data: object) -> list[_VvEntry]:
     """Decode and validate an encoded version vector (b"" is the empty vv)."""
     if not isinstance(data, bytes):
         raise VersionError(f"a version vector must be bytes, not {type(data).__name__}")
+    return _decode_vv_bytes(data if type(data) is bytes else bytes(data))
+
+
+def _decode_vv_bytes(data: bytes) -> list[_VvEntry]:
     end = len(data)
     if end == 0:
         return []
@@ -191,14 +239,18 @@ def _decode_vv(data: object) -> list[_VvEntry]:
         raise VersionError("truncated: more entries announced than bytes left")
     out: list[_VvEntry] = []
     prev = b""
-    for _ in range(count):
+    for _k in range(count):
         node, pos = _node_at(data, pos, end)
         if node <= prev:
             raise VersionError("entries not strictly sorted by node id")
         prev = node
-        counter, pos = _varint(data, pos, end)
-        if counter == 0:
-            raise VersionError("entry counter is 0")
+        if pos < end and 0 < data[pos] < 0x80:
+            counter = data[pos]
+            pos += 1
+        else:
+            counter, pos = _varint(data, pos, end)
+            if counter == 0:
+                raise VersionError("entry counter is 0")
         out.append((node, counter))
     if pos != end:
         raise VersionError("trailing bytes after the version vector")
@@ -216,15 +268,27 @@ def _put_varint(out: bytearray, value: int) -> None:
 
 
 def _encode_set(entries: list[_Entry], anon: list[bytes]) -> bytes:
+    # Lengths and counters below 128 are one varint byte, appended inline.
     out = bytearray(b"\x11")
     _put_varint(out, len(entries))
     for node, counter, vals in entries:
-        _put_varint(out, len(node))
+        length = len(node)
+        if length < 0x80:
+            out.append(length)
+        else:
+            _put_varint(out, length)
         out += node
-        _put_varint(out, counter)
+        if counter < 0x80:
+            out.append(counter)
+        else:
+            _put_varint(out, counter)
         _put_varint(out, len(vals))
         for value in vals:
-            _put_varint(out, len(value))
+            length = len(value)
+            if length < 0x80:
+                out.append(length)
+            else:
+                _put_varint(out, length)
             out += value
     _put_varint(out, len(anon))
     for value in anon:
@@ -239,7 +303,10 @@ def _encode_vv(vv: list[_VvEntry]) -> bytes:
     for node, counter in vv:
         _put_varint(out, len(node))
         out += node
-        _put_varint(out, counter)
+        if counter < 0x80:
+            out.append(counter)
+        else:
+            _put_varint(out, counter)
     return bytes(out)
 
 
@@ -261,7 +328,7 @@ def _node_bytes(node: object) -> bytes:
 def _check_value(value: object) -> bytes:
     if not isinstance(value, bytes):
         raise VersionError(f"a value must be bytes, not {type(value).__name__}")
-    return value
+    return value if type(value) is bytes else bytes(value)
 
 
 def _check_counter(counter: object) -> int:
@@ -413,18 +480,17 @@ def empty() -> bytes:
 
 def new(value: bytes) -> bytes:
     """A set holding one anonymous value (no dot, no context)."""
-    _check_value(value)
-    return _encode_set([], [value])
+    return _encode_set([], [_check_value(value)])
 
 
 def update(stored: bytes, context: bytes, value: bytes, node: str) -> bytes:
     """Drop the stored values the context covers; add value under node's next counter."""
     entries, anon = _decode_set(stored)
     ctx = _decode_vv(context)
-    _check_value(value)
+    raw_value = _check_value(value)
     raw = _node_bytes(node)
     merged = _apply_context(entries, ctx)
-    return _encode_set(_add_event(merged, raw, value), anon)
+    return _encode_set(_add_event(merged, raw, raw_value), anon)
 
 
 def sync(a: bytes, b: bytes) -> bytes:
@@ -508,7 +574,7 @@ def reconcile(s: bytes, merge: Callable[[list[bytes]], bytes], node: str) -> byt
     merged = merge(_all_values(entries, anon))
     if not isinstance(merged, bytes):
         raise VersionError(f"reconcile's merge must return bytes, not {type(merged).__name__}")
-    return _encode_set(_add_event(_clock_only(entries), raw, merged), [])
+    return _encode_set(_add_event(_clock_only(entries), raw, _check_value(merged)), [])
 
 
 def _leq(a: tuple[list[_Entry], list[bytes]], b: tuple[list[_Entry], list[bytes]]) -> bool:

@@ -9,7 +9,7 @@ docstring), so that the tests also pin the format.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -45,7 +45,7 @@ def blob(data: bytes) -> bytes:
 Entries = list[tuple[str, int, list[bytes]]]
 
 
-def encode_set(entries: Entries, anon: list[bytes] = []) -> bytes:  # noqa: B006 (read only)
+def encode_set(entries: Entries, anon: Sequence[bytes] = ()) -> bytes:
     rows = sorted(entries, key=lambda e: e[0].encode())
     out = b"\x11" + varint(len(rows))
     for node, counter, vals in rows:

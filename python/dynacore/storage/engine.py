@@ -249,7 +249,8 @@ class GroupCommitter:
         """Queue the request (waiting while the queue is full), then wait for its commit."""
         n_ops = len(request.ops)
         assert 0 < n_ops <= self.config.max_batch_ops
-        await trio.lowlevel.checkpoint()
+        # A cancel point now; the schedule point is the wait for `done` below, which always parks.
+        await trio.lowlevel.checkpoint_if_cancelled()
         await self._wait_for_space(n_ops)
         if self._closing or not self._running:
             raise StorageClosed("the storage engine is closed")
@@ -327,7 +328,7 @@ class GroupCommitter:
         if committed:
             ok = [request for request in batch if request.error is None]
             batch_ops = sum(len(request.ops) for request in ok)
-            stats.commits += 1
+            stats.commits += 1 if ok else 0
             stats.ops += batch_ops
             stats.requests += len(ok)
             stats.max_batch_ops = max(stats.max_batch_ops, batch_ops)

@@ -239,6 +239,8 @@ class LmdbEngine:
         self._stats = EngineStats()
         self._committer = GroupCommitter(config or CommitConfig(), self._stats)
         self._closed = False
+        # The committer's own worker thread: commits never queue behind other to_thread users.
+        self._commit_limiter = trio.CapacityLimiter(1)
         try:
             self._env = lmdb.open(
                 str(self.path),
@@ -347,7 +349,9 @@ class LmdbEngine:
         return await submit_ops(self._committer, db, ops)
 
     async def _commit(self, batch: list[Request]) -> tuple[int, bool]:
-        taken, error = await trio.to_thread.run_sync(self._commit_sync, batch)
+        taken, error = await trio.to_thread.run_sync(
+            self._commit_sync, batch, limiter=self._commit_limiter
+        )
         if error is None:
             return taken, True
         for request in batch[:taken]:

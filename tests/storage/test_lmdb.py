@@ -14,7 +14,7 @@ import lmdb
 import pytest
 import trio
 
-from dynacore.errors import ConfigError, StorageError
+from dynacore.errors import ConfigError, StorageClosed, StorageError
 from dynacore.storage import LmdbEngine, Update, open_lmdb_engine
 
 MAP_SIZE_BYTES = 64 << 20
@@ -262,3 +262,28 @@ async def test_the_event_loop_runs_while_a_batch_commits(tmp_path: Path) -> None
             nursery.start_soon(open_gate)
             assert await engine.update("data", b"k", wait_for_gate) == b"opened"
     assert threads and threads[0] != threading.get_ident()
+
+
+async def test_close_waits_for_reads_in_other_threads(tmp_path: Path) -> None:
+    ended: list[BaseException] = []
+    started = threading.Barrier(5)
+
+    def reader(engine: LmdbEngine) -> None:
+        started.wait()
+        try:
+            while True:
+                assert len(engine.scan("data", limit=100)) == 100
+        except BaseException as exc:
+            ended.append(exc)
+
+    async with open_lmdb_engine(tmp_path / "db", map_size_bytes=MAP_SIZE_BYTES) as engine:
+        await engine.update_many("data", [(b"k%04d" % i, put(b"v" * 100)) for i in range(1000)])
+        threads = [threading.Thread(target=reader, args=(engine,)) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        await trio.to_thread.run_sync(started.wait)
+        await engine.aclose()
+        for thread in threads:
+            await trio.to_thread.run_sync(thread.join)
+    assert len(ended) == 4
+    assert all(isinstance(exc, StorageClosed) for exc in ended), ended

@@ -28,9 +28,11 @@ import bisect
 import os
 import resource
 import struct
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import lmdb
 import trio
@@ -59,6 +61,7 @@ MAX_MAP_SIZE_BYTES = 1 << 44  # 16 TiB
 # A disk with less free room than this (or than twice the failed batch) is taken as full.
 FULL_DISK_SLACK_BYTES = 1 * MIB
 
+T = TypeVar("T")
 _U32 = struct.Struct(">I")
 _I64 = struct.Struct(">q")
 
@@ -239,6 +242,9 @@ class LmdbEngine:
         self._stats = EngineStats()
         self._committer = GroupCommitter(config or CommitConfig(), self._stats)
         self._closed = False
+        self._guard = threading.Condition()  # guards _closed and _readers across threads
+        self._readers = 0
+        self._env_closed = trio.Event()
         # The committer's own worker thread: commits never queue behind other to_thread users.
         self._commit_limiter = trio.CapacityLimiter(1)
         try:
@@ -295,27 +301,27 @@ class LmdbEngine:
 
     # -- reads (sync, thread-safe) ---------------------------------------------------------
 
-    def _read_txn(self) -> lmdb.Transaction[bytes]:
-        if self._closed:
-            raise StorageClosed("the storage engine is closed")
+    def _run_read(self, read: Callable[[lmdb.Transaction[bytes]], T]) -> T:
+        """Run `read` in a fresh read transaction; close() waits for running reads to finish."""
+        with self._guard:
+            if self._closed:
+                raise StorageClosed("the storage engine is closed")
+            self._readers += 1
         try:
-            return self._env.begin()
+            with self._env.begin() as txn:
+                return read(txn)
         except lmdb.Error as exc:
-            raise self._read_error(exc) from exc
-
-    def _read_error(self, exc: lmdb.Error) -> StorageError:
-        if self._closed:
-            return StorageClosed("the storage engine is closed")
-        return StorageError(f"LMDB read failed: {exc}")
+            raise StorageError(f"LMDB read failed: {exc}") from exc
+        finally:
+            with self._guard:
+                self._readers -= 1
+                if not self._readers:
+                    self._guard.notify_all()
 
     def get(self, db: str, key: bytes) -> bytes | None:
         check_db(db)
         check_key(key, self._committer.config.key_size_bytes)
-        try:
-            with self._read_txn() as txn:
-                return self._layout.read(txn, db, key)
-        except lmdb.Error as exc:
-            raise self._read_error(exc) from exc
+        return self._run_read(lambda txn: self._layout.read(txn, db, key))
 
     def scan(
         self, db: str, start: bytes = b"", end: bytes | None = None, limit: int | None = None
@@ -323,19 +329,11 @@ class LmdbEngine:
         """Pairs with start <= key < end (end None: no bound), by key, at most `limit` of them."""
         check_db(db)
         check_scan(start, end, limit)
-        try:
-            with self._read_txn() as txn:
-                return self._layout.scan(txn, db, start, end, limit)
-        except lmdb.Error as exc:
-            raise self._read_error(exc) from exc
+        return self._run_read(lambda txn: self._layout.scan(txn, db, start, end, limit))
 
     def count(self, db: str) -> int:
         check_db(db)
-        try:
-            with self._read_txn() as txn:
-                return self._layout.count(txn, db)
-        except lmdb.Error as exc:
-            raise self._read_error(exc) from exc
+        return self._run_read(lambda txn: self._layout.count(txn, db))
 
     # -- writes (group commit) -------------------------------------------------------------
 
@@ -402,11 +400,20 @@ class LmdbEngine:
         await self._committer.run(self._commit, task_status=task_status)
 
     async def aclose(self) -> None:
-        """Commit what is queued, then close the environment (idempotent)."""
+        """Commit what is queued, wait for running reads, close the environment (idempotent)."""
         await self._committer.aclose()
-        if self._closed:
-            return
-        self._closed = True
+        with self._guard:
+            closing_here = not self._closed
+            self._closed = True
+        if closing_here:
+            await trio.to_thread.run_sync(self._close_env, limiter=self._commit_limiter)
+            self._env_closed.set()
+        await self._env_closed.wait()
+
+    def _close_env(self) -> None:
+        with self._guard:
+            while self._readers:
+                self._guard.wait()
         try:
             if not self.sync:
                 self._env.sync(True)

@@ -243,6 +243,7 @@ class GroupCommitter:
 
     @property
     def queued_ops(self) -> int:
+        """Operations accepted and not yet finished (queued or in the batch being committed)."""
         return self._queued_ops
 
     async def submit(self, request: Request) -> list[bytes | None]:
@@ -282,14 +283,7 @@ class GroupCommitter:
             request = self._queue.popleft()
             batch.append(request)
             batch_ops += len(request.ops)
-        self._queued_ops -= batch_ops
-        self._space_freed.set()
-        self._space_freed = trio.Event()
         return batch
-
-    def _requeue(self, requests: list[Request]) -> None:
-        self._queue.extendleft(reversed(requests))
-        self._queued_ops += sum(len(request.ops) for request in requests)
 
     async def run(self, commit: Commit, *, task_status: trio.TaskStatus[None]) -> None:
         """The committer loop: one batch at a time until closed and drained (or crashed)."""
@@ -320,7 +314,11 @@ class GroupCommitter:
             return
         assert 1 <= taken <= len(batch)
         self._inflight = []
-        self._requeue(batch[taken:])
+        self._queue.extendleft(reversed(batch[taken:]))  # cut by bytes: first in the next batch
+        self._queued_ops -= sum(len(request.ops) for request in batch[:taken])
+        assert self._queued_ops >= 0
+        self._space_freed.set()
+        self._space_freed = trio.Event()
         self._finish(batch[:taken], committed)
 
     def _finish(self, batch: list[Request], committed: bool) -> None:

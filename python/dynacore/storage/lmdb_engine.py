@@ -242,7 +242,9 @@ class LmdbEngine:
         self._stats = EngineStats()
         self._committer = GroupCommitter(config or CommitConfig(), self._stats)
         self._closed = False
-        self._guard = threading.Condition()  # guards _closed and _readers across threads
+        # _lock guards _closed and _readers across threads; close waits on _drained (same lock).
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
         self._readers = 0
         self._env_closed = trio.Event()
         # The committer's own worker thread: commits never queue behind other to_thread users.
@@ -303,7 +305,7 @@ class LmdbEngine:
 
     def _run_read(self, read: Callable[[lmdb.Transaction[bytes]], T]) -> T:
         """Run `read` in a fresh read transaction; close() waits for running reads to finish."""
-        with self._guard:
+        with self._lock:
             if self._closed:
                 raise StorageClosed("the storage engine is closed")
             self._readers += 1
@@ -313,10 +315,10 @@ class LmdbEngine:
         except lmdb.Error as exc:
             raise StorageError(f"LMDB read failed: {exc}") from exc
         finally:
-            with self._guard:
+            with self._lock:
                 self._readers -= 1
-                if not self._readers:
-                    self._guard.notify_all()
+                if self._closed and not self._readers:
+                    self._drained.notify_all()
 
     def get(self, db: str, key: bytes) -> bytes | None:
         check_db(db)
@@ -402,7 +404,7 @@ class LmdbEngine:
     async def aclose(self) -> None:
         """Commit what is queued, wait for running reads, close the environment (idempotent)."""
         await self._committer.aclose()
-        with self._guard:
+        with self._lock:
             closing_here = not self._closed
             self._closed = True
         if closing_here:
@@ -411,9 +413,9 @@ class LmdbEngine:
         await self._env_closed.wait()
 
     def _close_env(self) -> None:
-        with self._guard:
+        with self._drained:
             while self._readers:
-                self._guard.wait()
+                self._drained.wait()
         try:
             if not self.sync:
                 self._env.sync(True)

@@ -328,6 +328,40 @@ def _slow_disks(rng: random.Random, ids: tuple[str, ...], safety_s: float) -> li
     return events
 
 
+def no_faults(seed: int, nodes: Sequence[str], safety_s: float) -> FaultSchedule:
+    """A schedule without faults (a baseline run)."""
+    return FaultSchedule(seed, tuple(nodes), safety_s, ())
+
+
+def power_loss_schedule(seed: int, nodes: Sequence[str], safety_s: float) -> FaultSchedule:
+    """Every node loses power at the same instant, one to three times, and comes back a second
+    later. With durable disks nothing acknowledged may be lost; with lying disks
+    (ClusterConfig.durable=False) the checker must report losses."""
+    rng = random.Random(seed)
+    ids = tuple(nodes)
+    events: list[FaultEvent] = []
+    t = rng.uniform(safety_s / 8, safety_s / 4)
+    for _ in range(rng.randint(1, 3)):
+        if t + 1.0 >= safety_s:
+            break
+        events += [FaultEvent(t, Crash(node)) for node in ids]
+        events += [FaultEvent(t + 1.0, Restart(node)) for node in ids]
+        t += 1.0 + rng.uniform(safety_s / 8, safety_s / 3)
+    return FaultSchedule(seed, ids, safety_s, tuple(events))
+
+
+PLANS = {"random": choose_schedule, "none": no_faults, "power-loss": power_loss_schedule}
+
+
+def schedule_for(plan: str, seed: int, nodes: Sequence[str], safety_s: float) -> FaultSchedule:
+    """The schedule of a named plan (one of PLANS) for a seed."""
+    try:
+        choose = PLANS[plan]
+    except KeyError:
+        raise ConfigError(f"unknown fault plan {plan!r}; one of {sorted(PLANS)}") from None
+    return choose(seed, nodes, safety_s)
+
+
 # -- applying a schedule ---------------------------------------------------------------------------
 
 
@@ -335,15 +369,18 @@ async def run_schedule(schedule: FaultSchedule, target: FaultTarget, start_s: fl
     """Apply each event at `start_s + event.at_s` on trio's clock (virtual in the simulator).
 
     A node that is down when its Crash comes, or up when its Restart comes, is left as it is:
-    episodes of different kinds may overlap, and the target decides what is a no-op.
+    episodes of different kinds may overlap, and the target decides what is a no-op. Each
+    action is shielded, so that the end of the safety phase never cuts one in half.
     """
     for event in schedule.events:
         await trio.sleep_until(start_s + event.at_s)
-        await event.action.apply(target)
+        with trio.CancelScope(shield=True):
+            await event.action.apply(target)
 
 
 __all__ = [
     "KINDS",
+    "PLANS",
     "Action",
     "Crash",
     "FaultEvent",
@@ -356,5 +393,8 @@ __all__ = [
     "SlowDisk",
     "Weather",
     "choose_schedule",
+    "no_faults",
+    "power_loss_schedule",
     "run_schedule",
+    "schedule_for",
 ]

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
 from dataclasses import dataclass, field
 
 import trio
@@ -44,6 +45,7 @@ MAX_SAFETY_S = 3600.0
 MAX_LIVENESS_ROUNDS = 1000
 FINAL_READ_ATTEMPTS = 5
 FINAL_READ_RETRY_S = 1.0
+MAX_NODE_ERRORS_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -85,16 +87,56 @@ class RunResult:
     wall_s: float
     liveness_rounds: int  # rounds until the replicas agreed (the limit when they never did)
     messages: dict[str, int]  # the network's counters
+    node_errors: tuple[str, ...] = ()  # errors the node code logged (bugs it caught and survived)
 
     @property
     def ok(self) -> bool:
-        return self.error is None and self.check is not None and self.check.ok
+        return (
+            self.error is None and not self.node_errors and self.check is not None and self.check.ok
+        )
 
     def problems(self) -> list[str]:
+        out = [f"node logged: {line}" for line in self.node_errors]
         if self.error is not None:
-            return [f"run failed: {self.error}"]
+            return [f"run failed: {self.error}", *out]
         assert self.check is not None
-        return self.check.problems()
+        return self.check.problems() + out
+
+
+class ErrorLog(logging.Handler):
+    """Collects ERROR records of the `dynacore` loggers during a run.
+
+    The node code logs at ERROR only what it did not expect — an exception in an RPC handler or
+    a connection task, which it turns into an error reply or a closed connection and survives.
+    Such a record fails the run: an assert (a node invariant) inside a handler ends up here.
+    While attached, the handler also stands in for logging's last-resort stderr handler, so the
+    warnings a faulty network provokes are neither built nor printed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.lines: list[str] = []
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.lines) < MAX_NODE_ERRORS_KEPT:
+            exc = record.exc_info[1] if record.exc_info else None
+            cause = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+            self.lines.append(f"{record.name}: {record.getMessage()}{cause}"[:300])
+
+    @classmethod
+    @contextmanager
+    def attached(cls) -> Iterator[ErrorLog]:
+        logger = logging.getLogger("dynacore")
+        handler, level = cls(), logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.ERROR)
+        try:
+            yield handler
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def run_seed(seed: int, config: SimConfig | None = None) -> RunResult:
@@ -103,12 +145,13 @@ def run_seed(seed: int, config: SimConfig | None = None) -> RunResult:
     started = time.perf_counter()
     clock = trio.testing.MockClock(autojump_threshold=0)
     outcome: dict[str, object] = {}
-    try:
-        with deterministic_scheduling(seed):
-            trio.run(_simulate, seed, config, outcome, clock=clock)
-        error = None
-    except Exception as exc:  # a node invariant (AssertionError) or a harness bug: a failure
-        error = _one_line(exc)
+    with ErrorLog.attached() as errors:
+        try:
+            with deterministic_scheduling(seed):
+                trio.run(_simulate, seed, config, outcome, clock=clock)
+            error = None
+        except Exception as exc:  # a node invariant (AssertionError) or a harness bug: a failure
+            error = _one_line(exc)
     wall_s = time.perf_counter() - started
     result = outcome.get("check")
     schedule = outcome.get("schedule")
@@ -123,6 +166,7 @@ def run_seed(seed: int, config: SimConfig | None = None) -> RunResult:
         wall_s=wall_s,
         liveness_rounds=int(outcome.get("rounds", 0)),  # type: ignore[call-overload]
         messages=dict(stats) if isinstance(stats, dict) else {},
+        node_errors=tuple(errors.lines),
     )
 
 

@@ -23,6 +23,7 @@ mod bindings {
         use std::hash::{Hash, Hasher};
 
         use pyo3::exceptions::{PyOverflowError, PyTypeError};
+        use pyo3::ffi;
         use pyo3::prelude::*;
         use pyo3::pyclass::CompareOp;
         use pyo3::sync::PyOnceLock;
@@ -136,21 +137,141 @@ mod bindings {
             iterate(value, what)?.map(|item| node_arg(&item?)).collect()
         }
 
-        /// The partition of every key, checked to be bytes.
-        fn partitions(keys: &Bound<'_, PyAny>, log2q: u32) -> PyResult<Vec<usize>> {
-            let part = |key: &Bound<'_, PyAny>| -> PyResult<usize> {
-                Ok(core::partition_of_hash(
-                    core::key_hash(key_arg(key)?),
-                    log2q,
-                ))
+        fn bad_key(key: &Bound<'_, PyAny>) -> PyErr {
+            RingError::new_err(format!("a key must be bytes, got {}", type_name(key)))
+        }
+
+        /// The partition of a borrowed key object, or None when it is not bytes.
+        ///
+        /// # Safety
+        /// `key` must be a live object that stays alive (and, being bytes, unchanged) for the
+        /// call: the caller holds the sequence it comes from and runs no Python code meanwhile.
+        #[inline(always)]
+        unsafe fn bytes_partition(key: *mut ffi::PyObject, log2q: u32) -> Option<u32> {
+            unsafe {
+                if ffi::PyBytes_Check(key) == 0 {
+                    return None;
+                }
+                let data = ffi::PyBytes_AS_STRING(key) as *const u8;
+                let bytes = std::slice::from_raw_parts(data, ffi::Py_SIZE(key) as usize);
+                Some(core::partition_of_hash(core::key_hash(bytes), log2q) as u32)
+            }
+        }
+
+        /// The partition of a borrowed key object, which must be bytes.
+        fn partition_of_ptr(py: Python<'_>, key: *mut ffi::PyObject, log2q: u32) -> PyResult<u32> {
+            // SAFETY: `key` comes from a sequence or iterator item the caller holds.
+            match unsafe { bytes_partition(key, log2q) } {
+                Some(p) => Ok(p),
+                // SAFETY: as above, `key` is a live object.
+                None => Err(bad_key(unsafe { &Bound::from_borrowed_ptr(py, key) })),
+            }
+        }
+
+        /// The partition of every key (a list or tuple is read in place, any iterable works).
+        fn partitions(keys: &Bound<'_, PyAny>, log2q: u32) -> PyResult<Vec<u32>> {
+            let py = keys.py();
+            if let Ok(list) = keys.cast_exact::<PyList>() {
+                let size = list.len();
+                let mut out = Vec::with_capacity(size);
+                for i in 0..size {
+                    // SAFETY: i < size, and nothing in this loop runs Python code that could
+                    // shrink the list.
+                    let key = unsafe { ffi::PyList_GET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t) };
+                    out.push(partition_of_ptr(py, key, log2q)?);
+                }
+                return Ok(out);
+            }
+            if let Ok(tuple) = keys.cast_exact::<PyTuple>() {
+                let size = tuple.len();
+                let mut out = Vec::with_capacity(size);
+                for i in 0..size {
+                    // SAFETY: i < size and tuples are immutable.
+                    let key =
+                        unsafe { ffi::PyTuple_GET_ITEM(tuple.as_ptr(), i as ffi::Py_ssize_t) };
+                    out.push(partition_of_ptr(py, key, log2q)?);
+                }
+                return Ok(out);
+            }
+            iterate(keys, "keys")?
+                .map(|key| partition_of_ptr(py, key?.as_ptr(), log2q))
+                .collect()
+        }
+
+        /// A new list of the cached tuples `table[p]` for every p.
+        fn tuples_list<'py>(
+            py: Python<'py>,
+            table: &[Py<PyTuple>],
+            parts: &[u32],
+        ) -> PyResult<Bound<'py, PyList>> {
+            // SAFETY: PyList_New gives a list of `len` NULL slots that we own; each slot is set
+            // once with a new reference; every p indexes `table` (p < Q == table.len()).
+            unsafe {
+                let list = ffi::PyList_New(parts.len() as ffi::Py_ssize_t);
+                let list = Bound::from_owned_ptr_or_err(py, list)?;
+                for (i, &p) in parts.iter().enumerate() {
+                    let tuple = table[p as usize].as_ptr();
+                    ffi::Py_INCREF(tuple);
+                    ffi::PyList_SET_ITEM(list.as_ptr(), i as ffi::Py_ssize_t, tuple);
+                }
+                Ok(list.cast_into_unchecked())
+            }
+        }
+
+        const LOOKUP_BLOCK: usize = 64;
+
+        /// The preference tuple of every key of a list or tuple, in one pass; None for any
+        /// other iterable.
+        fn lookup_sequence<'py>(
+            keys: &Bound<'py, PyAny>,
+            table: &[Py<PyTuple>],
+            log2q: u32,
+        ) -> PyResult<Option<Bound<'py, PyList>>> {
+            let items: *const *mut ffi::PyObject = if let Ok(list) = keys.cast_exact::<PyList>() {
+                // SAFETY: a list's item array; read before any Python code can resize it.
+                unsafe { (*list.as_ptr().cast::<ffi::PyListObject>()).ob_item }
+            } else if let Ok(tuple) = keys.cast_exact::<PyTuple>() {
+                // SAFETY: a tuple's inline item array.
+                unsafe {
+                    (*tuple.as_ptr().cast::<ffi::PyTupleObject>())
+                        .ob_item
+                        .as_ptr()
+                }
+            } else {
+                return Ok(None);
             };
-            if let Ok(list) = keys.cast::<PyList>() {
-                return list.iter().map(|key| part(&key)).collect();
+            // SAFETY: Py_SIZE of a list or tuple is its item count.
+            let size = unsafe { ffi::Py_SIZE(keys.as_ptr()) } as usize;
+            assert_eq!(table.len(), 1usize << log2q);
+            // SAFETY: nothing in this loop runs Python code, so the sequence keeps its `size`
+            // items at `items`; PyList_New gives `size` NULL slots that we own (a list with
+            // NULL slots is safe to drop on the error path), each set once with a new
+            // reference; every partition is < 2^log2q == table.len().
+            unsafe {
+                let out = Bound::from_owned_ptr_or_err(keys.py(), ffi::PyList_New(size as isize))?;
+                let slots = (*out.as_ptr().cast::<ffi::PyListObject>()).ob_item;
+                // Blocks: hash a run of keys, then fill their slots, so that neither loop waits
+                // on the other's memory traffic (measured faster than one fused loop).
+                let mut parts = [0u32; LOOKUP_BLOCK];
+                let mut start = 0;
+                while start < size {
+                    let end = (start + LOOKUP_BLOCK).min(size);
+                    for i in start..end {
+                        let key = *items.add(i);
+                        let Some(p) = bytes_partition(key, log2q) else {
+                            return Err(bad_key(&Bound::from_borrowed_ptr(keys.py(), key)));
+                        };
+                        parts[i - start] = p;
+                    }
+                    for i in start..end {
+                        let tuple = table.get_unchecked(parts[i - start] as usize).as_ptr();
+                        ffi::Py_INCREF(tuple);
+                        *slots.add(i) = tuple;
+                    }
+                    start = end;
+                }
+                Ok(Some(out.cast_into_unchecked()))
             }
-            if let Ok(tuple) = keys.cast::<PyTuple>() {
-                return tuple.iter().map(|key| part(&key)).collect();
-            }
-            iterate(keys, "keys")?.map(|key| part(&key?)).collect()
         }
 
         #[pyfunction]
@@ -198,22 +319,14 @@ mod bindings {
                 Ok(PyTuple::new(py, items)?.unbind())
             }
 
+            /// One tuple per partition. Shared tuples would save memory, but lookup_many would
+            /// then bump the same few refcounts back to back, a serial chain that costs more
+            /// than the hashing (measured: 3x slower for 8 distinct tuples).
             fn build_table(&self, py: Python<'_>, n_eff: usize) -> PyResult<Vec<Py<PyTuple>>> {
                 let flat = self.inner.preference_table(n_eff);
-                let mut interned: HashMap<&[u32], Py<PyTuple>> = HashMap::new();
-                let mut table = Vec::with_capacity(self.inner.q());
-                for row in flat.chunks_exact(n_eff) {
-                    let tuple = match interned.get(row) {
-                        Some(tuple) => tuple.clone_ref(py),
-                        None => {
-                            let tuple = self.tuple_of(py, row)?;
-                            interned.insert(row, tuple.clone_ref(py));
-                            tuple
-                        }
-                    };
-                    table.push(tuple);
-                }
-                Ok(table)
+                flat.chunks_exact(n_eff)
+                    .map(|row| self.tuple_of(py, row))
+                    .collect()
             }
 
             /// The cached table for min(n, S), or None when that is beyond CACHED_N_MAX.
@@ -302,7 +415,7 @@ mod bindings {
                 Ok(self.inner.partition_of(key_arg(key)?))
             }
 
-            fn partitions_of(&self, keys: &Bound<'_, PyAny>) -> PyResult<Vec<usize>> {
+            fn partitions_of(&self, keys: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
                 partitions(keys, self.inner.log2q())
             }
 
@@ -336,6 +449,9 @@ mod bindings {
                 self.tuple_of(py, &list)
             }
 
+            /// The checked lookup; `Ring.lookup` is `lookup_fastcall`, which ends up here for
+            /// anything but a bytes key, an int n and a table already built.
+            #[pyo3(name = "_lookup")]
             fn lookup(
                 &self,
                 py: Python<'_>,
@@ -354,18 +470,24 @@ mod bindings {
             ) -> PyResult<Bound<'py, PyList>> {
                 let n = n_arg(n)?;
                 let table = self.table(py, n)?;
-                let parts = partitions(keys, self.inner.log2q())?;
+                let log2q = self.inner.log2q();
                 if let Some(table) = table {
-                    return PyList::new(py, parts.iter().map(|&p| table[p].bind(py)));
+                    if let Some(list) = lookup_sequence(keys, table, log2q)? {
+                        return Ok(list);
+                    }
                 }
-                let mut walks: HashMap<usize, Py<PyTuple>> = HashMap::new();
+                let parts = partitions(keys, log2q)?;
+                if let Some(table) = table {
+                    return tuples_list(py, table, &parts);
+                }
+                let mut walks: HashMap<u32, Py<PyTuple>> = HashMap::new();
                 let mut out = Vec::with_capacity(parts.len());
                 for &p in &parts {
                     if let Some(tuple) = walks.get(&p) {
                         out.push(tuple.clone_ref(py));
                         continue;
                     }
-                    let tuple = self.tuple_of(py, &self.inner.walk(p, n))?;
+                    let tuple = self.tuple_of(py, &self.inner.walk(p as usize, n))?;
                     walks.insert(p, tuple.clone_ref(py));
                     out.push(tuple);
                 }
@@ -450,8 +572,117 @@ mod bindings {
             }
         }
 
+        /// `Ring.lookup` as a raw METH_FASTCALL method: PyO3's call machinery costs as much as
+        /// the lookup itself, so the common call (bytes key, int n, table built) is answered
+        /// here with no conversions; every other call goes to the checked `Ring._lookup`.
+        unsafe extern "C" fn lookup_fastcall(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls this with the GIL held, `slf` an instance of Ring (the
+            // method descriptor checks it) and `args` holding nargs (+ keyword) objects.
+            let cached =
+                std::panic::catch_unwind(|| unsafe { lookup_cached(slf, args, nargs, kwnames) });
+            match cached {
+                Ok(Some(tuple)) => tuple,
+                _ => unsafe { lookup_checked(slf, args, nargs, kwnames) },
+            }
+        }
+
+        /// A new reference to the cached preference tuple, or None when the checked path must
+        /// answer (or raise).
+        unsafe fn lookup_cached(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> Option<*mut ffi::PyObject> {
+            if nargs != 2 || !kwnames.is_null() {
+                return None;
+            }
+            // SAFETY: see lookup_fastcall; the key's bytes are read while nothing can free them.
+            unsafe {
+                let (key, n) = (*args, *args.add(1));
+                if ffi::PyBytes_Check(key) == 0 || ffi::PyLong_CheckExact(n) == 0 {
+                    return None;
+                }
+                let n = ffi::PyLong_AsLongLong(n);
+                if n < 1 {
+                    ffi::PyErr_Clear(); // -1 may be an overflow error: the checked path says
+                    return None;
+                }
+                let py = Python::assume_attached();
+                let ring = pyo3::Borrowed::from_ptr(py, slf).cast_unchecked::<Ring>();
+                let ring = ring.get();
+                let n_eff = ring.inner.effective_n(usize::try_from(n).ok()?);
+                let table = ring.tables.get(n_eff)?.get(py)?;
+                let data = ffi::PyBytes_AS_STRING(key) as *const u8;
+                let bytes = std::slice::from_raw_parts(data, ffi::Py_SIZE(key) as usize);
+                let p = core::partition_of_hash(core::key_hash(bytes), ring.inner.log2q());
+                let tuple = table.get(p)?.as_ptr();
+                ffi::Py_INCREF(tuple);
+                Some(tuple)
+            }
+        }
+
+        /// Ring._lookup(*args, **kwargs) through the interpreter.
+        unsafe fn lookup_checked(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: see lookup_fastcall; `call` holds self then the caller's arguments, in
+            // the vectorcall layout that PyObject_VectorcallMethod expects.
+            unsafe {
+                let keywords = if kwnames.is_null() {
+                    0
+                } else {
+                    ffi::PyTuple_GET_SIZE(kwnames)
+                };
+                let given = std::slice::from_raw_parts(args, (nargs + keywords) as usize);
+                let mut call = Vec::with_capacity(given.len() + 1);
+                call.push(slf);
+                call.extend_from_slice(given);
+                let name = ffi::PyUnicode_InternFromString(c"_lookup".as_ptr());
+                if name.is_null() {
+                    return std::ptr::null_mut();
+                }
+                let result = ffi::PyObject_VectorcallMethod(
+                    name,
+                    call.as_ptr(),
+                    (nargs + 1) as usize,
+                    kwnames,
+                );
+                ffi::Py_DECREF(name);
+                result
+            }
+        }
+
+        fn install_lookup_fastcall(m: &Bound<'_, PyModule>) -> PyResult<()> {
+            let py = m.py();
+            let ty = py.get_type::<Ring>();
+            let def = Box::leak(Box::new(ffi::PyMethodDef {
+                ml_name: c"lookup".as_ptr(),
+                ml_meth: ffi::PyMethodDefPointer {
+                    PyCFunctionFastWithKeywords: lookup_fastcall,
+                },
+                ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+                ml_doc: c"lookup(key, n)\n--\n\nThe preference list of the key's partition."
+                    .as_ptr(),
+            }));
+            // SAFETY: `def` lives forever (leaked once per module init); the type is Ring's.
+            let descr = unsafe {
+                Bound::from_owned_ptr_or_err(py, ffi::PyDescr_NewMethod(ty.as_type_ptr(), def))?
+            };
+            ty.setattr("lookup", descr)
+        }
+
         pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             m.add_class::<Ring>()?;
+            install_lookup_fastcall(m)?;
             m.add_function(wrap_pyfunction!(key_hash, m)?)?;
             m.add_function(wrap_pyfunction!(partition_of, m)?)?;
             Ok(())

@@ -47,6 +47,7 @@ fn fail<T>(message: impl Into<String>) -> Result<T> {
 // -- hashing and argument checks ------------------------------------------------------------------
 
 /// xxh3-64 (seed 0) of the key bytes.
+#[inline]
 pub fn key_hash(key: &[u8]) -> u64 {
     xxh3_64(key)
 }
@@ -62,6 +63,7 @@ pub fn log2_partitions(q: u64) -> Result<u32> {
 }
 
 /// The partition of a hash in a ring of 2^log2q partitions: hash >> (64 - log2q).
+#[inline]
 pub fn partition_of_hash(hash: u64, log2q: u32) -> usize {
     debug_assert!(log2q <= MAX_LOG2_PARTITIONS);
     // (hash >> 1) >> (63 - log2q) == hash >> (64 - log2q), and is 0 when log2q == 0.

@@ -479,9 +479,10 @@ class Ring:
                 table = None
         except (IndexError, TypeError):
             table = None
+        p = _xxh3(key) >> self._shift
         if table is None:
-            return self.preference_list(_xxh3(key) >> self._shift, n)
-        return table[_xxh3(key) >> self._shift]
+            return self.preference_list(p, n)
+        return table[p]
 
     def lookup_many(self, keys: Sequence[bytes], n: int) -> list[tuple[str, ...]]:
         """[lookup(key, n) for key in keys], in one call."""

@@ -149,7 +149,7 @@ mod bindings {
         #[inline(always)]
         unsafe fn bytes_partition(key: *mut ffi::PyObject, log2q: u32) -> Option<u32> {
             unsafe {
-                if ffi::PyBytes_Check(key) == 0 {
+                if ffi::PyBytes_CheckExact(key) == 0 && ffi::PyBytes_Check(key) == 0 {
                     return None;
                 }
                 let data = ffi::PyBytes_AS_STRING(key) as *const u8;

@@ -314,9 +314,23 @@ impl Ring {
         }
     }
 
+    /// The ring of `owners` (indexes into the sorted `nodes`), dropping nodes that own nothing.
     fn from_indexes(nodes: &[String], owners: &[i64]) -> Ring {
-        let names: Vec<&str> = owners.iter().map(|&i| nodes[i as usize].as_str()).collect();
-        Ring::from_owners(&names).expect("the algorithms keep rings valid")
+        let log2q = log2_partitions(owners.len() as u64).expect("the algorithms keep Q");
+        let mut used = vec![false; nodes.len()];
+        for &owner in owners {
+            used[usize::try_from(owner).expect("every partition has an owner")] = true;
+        }
+        let mut renumber = vec![0u32; nodes.len()];
+        let mut kept = Vec::with_capacity(nodes.len());
+        for (index, node) in nodes.iter().enumerate() {
+            if used[index] {
+                renumber[index] = kept.len() as u32;
+                kept.push(node.clone());
+            }
+        }
+        let owners = owners.iter().map(|&o| renumber[o as usize]).collect();
+        Ring::from_parts(log2q, kept, owners)
     }
 
     /// A fresh balanced claim of `q` partitions by `nodes` (deterministic).

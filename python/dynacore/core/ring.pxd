@@ -1,8 +1,13 @@
 # Cython declarations for the compiled twin dynacore._cy.ring (core/ring.py): Ring becomes an
-# extension type with C-level attributes, and the lookup paths get typed locals. Types only; the
-# algorithm lives in ring.py.
+# extension type with C-level attributes, and the hot paths get typed locals. Types only: the
+# algorithm lives in ring.py, and every value typed here fits its C type (partition indexes and
+# node indexes are < 65536, shifts are 48..64 and stay Python-level).
 
 cimport cython
+
+
+@cython.locals(q=Py_ssize_t, d=Py_ssize_t, before=Py_ssize_t, after=Py_ssize_t)
+cdef bint _spaced(list owners, Py_ssize_t p, Py_ssize_t node) except -1
 
 
 cdef class Ring:

@@ -42,26 +42,31 @@ magic b"DRNG" | version u8 = 1 | log2 Q u8 | S u32 | S x (len u8, UTF-8 node id)
 ascending | Q x u16 owner index into the node table | xxh3-64 of all preceding bytes (u64).
 Every node of the table owns at least one partition.
 
-Errors: RingError for every bad argument (Q not a power of two or out of range, empty or
-malformed node ids, unknown or duplicate members, n < 1, partition out of range, non-bytes keys,
-bad encoding). This module is also compiled by Cython as dynacore._cy.ring.
+Arguments: keys are bytes (not bytearray or str); node ids are str of 1..255 UTF-8 bytes;
+integers (q, n, partitions) are read as operator.index reads them, so bool counts as an int and
+float does not; sequences may be any iterable except a str. claim() takes the set of its nodes
+(duplicates collapse) and needs S <= Q, as does with_node(); n larger than S means all S nodes.
+Errors: RingError for every bad argument (Q not a power of two or out of range, no nodes, more
+nodes than partitions, malformed node ids, joining a member, removing a non-member or the last
+node, n < 1, partition out of range, non-bytes keys, bad encoding), on every backend.
+This module is also compiled by Cython as dynacore._cy.ring (typed by ring.pxd when found).
 """
 
 from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NoReturn
 
 import xxhash
 
 from dynacore.errors import RingError
-from dynacore.limits import MAX_PARTITIONS
+from dynacore.limits import MAX_N, MAX_PARTITIONS
 
 _NODE_ID_MAX_BYTES = 255  # a node id is 1..255 UTF-8 bytes (docs/contracts.md)
 _SPACING = 3  # the claim tries to give any _SPACING consecutive partitions distinct owners
-_CACHED_N_MAX = 16  # preference tables are cached for n up to this (limits.MAX_N)
+_CACHED_N_MAX = MAX_N  # preference tables are cached for n up to this (16, as in ring.rs)
 _MAGIC = b"DRNG"
 _VERSION = 1
 _HEADER = struct.Struct(">4sBBI")  # magic, version, log2 Q, node count
@@ -97,9 +102,13 @@ def _check_n(n: object) -> int:
     return count
 
 
+def _not_a_node(node: object) -> NoReturn:
+    raise RingError(f"a node id must be a str, got {type(node).__name__}")
+
+
 def _check_node(node: object) -> str:
     if not isinstance(node, str):
-        raise RingError(f"a node id must be a str, got {type(node).__name__}")
+        _not_a_node(node)
     try:
         size_bytes = len(node.encode("utf-8"))
     except UnicodeEncodeError:
@@ -336,13 +345,13 @@ def _build_table(owners: list[str], n_eff: int) -> list[tuple[str, ...]]:
 # -- the encoding ----------------------------------------------------------------------------------
 
 
-def _encode(log2q: int, nodes: list[str], owners: list[int]) -> bytes:
+def _encode(log2q: int, nodes: list[str], owners: Iterable[int]) -> bytes:
     parts = [_HEADER.pack(_MAGIC, _VERSION, log2q, len(nodes))]
     for node in nodes:
         raw = node.encode("utf-8")
         parts.append(bytes((len(raw),)))
         parts.append(raw)
-    parts.append(struct.pack(f">{len(owners)}H", *owners))
+    parts.append(struct.pack(f">{1 << log2q}H", *owners))
     body = b"".join(parts)
     return body + _CHECKSUM.pack(_xxh3(body))
 
@@ -404,11 +413,20 @@ class Ring:
     __slots__ = ("_log2q", "_nodes", "_owners", "_shift", "_tables")
 
     def __init__(self, owners: Sequence[str]) -> None:
-        owner_list = _node_list(owners, "owners")
-        self._log2q = _log2_partitions(len(owner_list))
-        self._shift = 64 - self._log2q
-        self._owners = owner_list
-        self._nodes = sorted(set(owner_list))
+        owner_list = [
+            node if isinstance(node, str) else _not_a_node(node)
+            for node in _iterate(owners, "owners")
+        ]
+        for node in set(owner_list):  # each distinct id once
+            _check_node(node)
+        self._setup(owner_list, _log2_partitions(len(owner_list)))
+
+    def _setup(self, owners: list[str], log2q: int) -> None:
+        assert len(owners) == 1 << log2q
+        self._log2q = log2q
+        self._shift = 64 - log2q
+        self._owners = owners
+        self._nodes = sorted(set(owners))
         # _tables[n] is the preference table for n (1 <= n <= _CACHED_N_MAX), built on first use
         self._tables: list[list[tuple[str, ...]] | None] = [None] * (_CACHED_N_MAX + 1)
 
@@ -421,7 +439,7 @@ class Ring:
             raise RingError("cannot claim a ring with no nodes")
         if len(names) > 1 << log2q:
             raise RingError(f"{len(names)} nodes cannot each own one of {1 << log2q} partitions")
-        return Ring([names[i] for i in _claim_indexes(1 << log2q, len(names))])
+        return _trusted([names[i] for i in _claim_indexes(1 << log2q, len(names))])
 
     # -- properties --------------------------------------------------------------------------------
 
@@ -458,6 +476,12 @@ class Ring:
         return self._owners[self._check_partition(partition)]
 
     def preference_list(self, partition: int, n: int) -> tuple[str, ...]:
+        try:  # fast path: a cached table and an in-range partition; anything else is checked
+            table = self._tables[n]
+            if table is not None and n > 0 and partition >= 0:
+                return table[partition]
+        except (IndexError, TypeError):
+            pass
         p = self._check_partition(partition)
         table = self._table(n)
         if table is None:
@@ -511,7 +535,7 @@ class Ring:
         names = sorted([*self._nodes, name])
         index = {n: i for i, n in enumerate(names)}
         owners = _join_indexes([index[o] for o in self._owners], len(names), index[name])
-        return Ring([names[i] for i in owners])
+        return _trusted([names[i] for i in owners])
 
     def without_node(self, node: str) -> Ring:
         """The ring after `node` leaves: only its partitions move (see the module)."""
@@ -521,7 +545,7 @@ class Ring:
         index = {n: i for i, n in enumerate(self._nodes)}
         owners = [index[o] for o in self._owners]
         result = _leave_indexes(owners, len(self._nodes), index[name])
-        return Ring([self._nodes[i] for i in result])
+        return _trusted([self._nodes[i] for i in result])
 
     def moves(self, other: Ring) -> list[tuple[int, str, str]]:
         """(partition, from, to) for each partition whose owner differs in `other`."""
@@ -539,12 +563,12 @@ class Ring:
 
     def encode(self) -> bytes:
         index = {n: i for i, n in enumerate(self._nodes)}
-        return _encode(self._log2q, self._nodes, [index[o] for o in self._owners])
+        return _encode(self._log2q, self._nodes, map(index.__getitem__, self._owners))
 
     @staticmethod
     def decode(data: bytes) -> Ring:
         nodes, owners = _decode(data)
-        return Ring([nodes[i] for i in owners])
+        return _trusted([nodes[i] for i in owners])
 
     # -- dunders -----------------------------------------------------------------------------------
 
@@ -586,3 +610,10 @@ class Ring:
         if count <= _CACHED_N_MAX:
             self._tables[count] = table
         return table
+
+
+def _trusted(owners: list[str]) -> Ring:
+    """A ring from owners that an algorithm here produced or decoded (already valid)."""
+    ring = Ring.__new__(Ring)
+    ring._setup(owners, len(owners).bit_length() - 1)
+    return ring

@@ -17,6 +17,8 @@ mod bindings {
     // ===================== ring bindings (owned by ring) =====================
 
     /// dynacore._native.ring: the Python face of crate::ring, with the API of core/ring.py.
+    /// Hot paths: `Ring.lookup` is a raw METH_FASTCALL method (see lookup_fastcall) and
+    /// `lookup_many` reads list/tuple items in place; both hand out cached preference tuples.
     mod ring_py {
         use std::collections::hash_map::DefaultHasher;
         use std::collections::HashMap;
@@ -220,8 +222,8 @@ mod bindings {
 
         const LOOKUP_BLOCK: usize = 64;
 
-        /// The preference tuple of every key of a list or tuple, in one pass; None for any
-        /// other iterable.
+        /// The preference tuple of every key of an exact list or tuple, read in place with no
+        /// per-key Python objects; None for any other iterable (the generic path handles it).
         fn lookup_sequence<'py>(
             keys: &Bound<'py, PyAny>,
             table: &[Py<PyTuple>],

@@ -410,7 +410,7 @@ def _decode_nodes(data: bytes, offset: int, end: int, count: int) -> tuple[list[
 class Ring:
     """An immutable assignment of Q partitions to owner nodes (owners[p] owns partition p)."""
 
-    __slots__ = ("_log2q", "_nodes", "_owners", "_shift", "_tables")
+    __slots__ = ("_log2q", "_lookup_shift", "_nodes", "_owners", "_shift", "_tables")
 
     def __init__(self, owners: Sequence[str]) -> None:
         owner_list = [
@@ -425,6 +425,9 @@ class Ring:
         assert len(owners) == 1 << log2q
         self._log2q = log2q
         self._shift = 64 - log2q
+        # The shift of the cached-table path, below 64 so that the Cython build (ring.pxd) can
+        # shift a C integer: a one-partition ring has no tables and never uses it.
+        self._lookup_shift = min(self._shift, 63)
         self._owners = owners
         self._nodes = sorted(set(owners))
         # _tables[n] is the preference table for n (1 <= n <= _CACHED_N_MAX), built on first use
@@ -503,9 +506,10 @@ class Ring:
                 table = None
         except (IndexError, TypeError):
             table = None
-        p = _xxh3(key) >> self._shift
+        h = _xxh3(key)
+        p = h >> self._lookup_shift
         if table is None:
-            return self.preference_list(p, n)
+            return self.preference_list(self.partition_of(key), n)
         return table[p]
 
     def lookup_many(self, keys: Sequence[bytes], n: int) -> list[tuple[str, ...]]:
@@ -513,7 +517,7 @@ class Ring:
         table = self._table(n)
         if table is None:
             return [self.preference_list(p, n) for p in self.partitions_of(keys)]
-        shift = self._shift
+        shift = self._lookup_shift
         return [
             table[_xxh3(key) >> shift] if isinstance(key, bytes) else _bad_key(key)
             for key in _iterate(keys, "keys")
@@ -598,10 +602,10 @@ class Ring:
         return name
 
     def _table(self, n: object) -> list[tuple[str, ...]] | None:
-        """The cached preference table for n, or None when n is too large to cache."""
+        """The cached preference table for n; None when n is too large to cache or Q == 1."""
         count = _check_n(n)
         n_eff = min(count, len(self._nodes))
-        if n_eff > _CACHED_N_MAX:
+        if n_eff > _CACHED_N_MAX or self._log2q == 0:
             return None
         table = self._tables[n_eff]
         if table is None:

@@ -388,6 +388,19 @@ def test_bad_key_sequences(backend: Backend, keys: object) -> None:
     raises_ring_error(lambda: ring.partitions_of(keys))
 
 
+def test_one_partition_ring(backend: Backend) -> None:
+    ring = backend.ring.Ring(["solo"])
+    assert ring.q == 1
+    assert ring.partition_of(b"x") == 0
+    assert ring.partitions_of([b"x", b"y"]) == [0, 0]
+    assert ring.lookup(b"x", 3) == ("solo",)
+    assert ring.lookup_many([b"x", b"y"], 1) == [("solo",), ("solo",)]
+    assert ring.preference_list(0, 2) == ("solo",)
+    assert ring.extended_list(0, 1) == ()
+    raises_ring_error(ring.preference_list, 1, 1)
+    raises_ring_error(ring.owner, 1)
+
+
 def test_partitions_owned_cover_the_ring(backend: Backend) -> None:
     ring = backend.ring.Ring.claim(128, names(9))
     owned = [p for node in ring.nodes for p in ring.partitions_owned(node)]

@@ -533,7 +533,6 @@ def _script(ring_module: Any, q: int, nodes: list[str], keys: list[bytes], seed:
     return trace
 
 
-@pytest.mark.skipif(len(BACKENDS) < 2, reason="parity needs two built backends")
 @given(
     spec=rings_spec(),
     keys=st.lists(st.binary(max_size=20), max_size=30),
@@ -546,7 +545,6 @@ def test_backends_agree(spec: tuple[int, list[str]], keys: list[bytes], seed: in
     assert all(trace == traces[0] for trace in traces[1:])
 
 
-@pytest.mark.skipif(len(BACKENDS) < 2, reason="parity needs two built backends")
 @given(garbage=st.binary(max_size=64), q=st.integers(-3, 70), n=st.integers(-2, 20))
 @settings(max_examples=60, deadline=None)
 def test_backends_agree_on_errors(garbage: bytes, q: int, n: int) -> None:

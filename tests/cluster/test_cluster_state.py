@@ -34,9 +34,7 @@ def balanced(ring) -> bool:  # type: ignore[no-untyped-def]
 
 
 def hand_off_everything(state: ClusterState) -> ClusterState:
-    for partition in state.moving_partitions():
-        state = state.confirm_handoff(partition)
-    return state
+    return state.confirm_handoffs(state.moving_partitions()) if state.pending else state
 
 
 # -- bootstrap ---------------------------------------------------------------------------------
@@ -206,6 +204,35 @@ def test_handoff_refusals() -> None:
     first = committed.moving_partitions()[0]
     once = committed.confirm_handoff(first)
     assert once.confirm_handoff(first) is once  # idempotent
+
+
+def test_transfers_name_sources_and_targets() -> None:
+    joined = ClusterState.bootstrap(Q, ABC).stage_join("d", "d:1").commit()
+    transfers = joined.transfers()
+    assert [t.partition for t in transfers] == joined.moving_partitions()
+    assert joined.pending is not None
+    for t in transfers:
+        assert t.sources == joined.ring.preference_list(t.partition, 3)
+        assert t.targets in ((), ("d",)) and not t.confirmed
+    owner_moves = {p for p, _, _ in joined.ring.moves(joined.pending)}
+    assert all(t.targets == ("d",) for t in transfers if t.partition in owner_moves)
+
+    left = ClusterState.bootstrap(Q, ABCD).stage_leave("b").commit()
+    assert left.transfers() and all("b" not in t.targets for t in left.transfers())
+    assert all(t.targets for t in left.transfers() if "b" in t.sources[:1])
+    first = left.transfers()[0].partition
+    assert left.confirm_handoff(first).transfers()[0].confirmed
+    assert ClusterState.bootstrap(Q, ABC).transfers() == []
+
+
+def test_confirm_handoffs_in_one_batch() -> None:
+    committed = ClusterState.bootstrap(Q, ABC).stage_join("d", "d:1").commit()
+    moving = committed.moving_partitions()
+    batched = committed.confirm_handoffs(moving + moving[:3])
+    assert batched == reduce(ClusterState.confirm_handoff, moving, committed)
+    assert batched.handoff_done() and batched.confirm_handoffs([]) is batched
+    with pytest.raises(ClusterError):
+        committed.confirm_handoffs([moving[0], True])  # type: ignore[list-item]
 
 
 # -- routing during a handoff ------------------------------------------------------------------

@@ -3,6 +3,14 @@ ownership handoff) and the phi-accrual failure detector. No I/O and no clock her
 passes time in and does the gossip and the streaming."""
 
 from dynacore.cluster.failure import PeerStatus, PhiAccrualDetector
-from dynacore.cluster.state import ClusterState, Member, Plan, Status
+from dynacore.cluster.state import ClusterState, Member, Plan, Status, Transfer
 
-__all__ = ["ClusterState", "Member", "PeerStatus", "PhiAccrualDetector", "Plan", "Status"]
+__all__ = [
+    "ClusterState",
+    "Member",
+    "PeerStatus",
+    "PhiAccrualDetector",
+    "Plan",
+    "Status",
+    "Transfer",
+]

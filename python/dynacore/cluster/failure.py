@@ -12,8 +12,8 @@ quorum sends a hinted write). It never changes ownership: only a committed membe
 
 Peers never heard from are "unknown": treated as up (configurable with `unknown_is_up`) until the
 node reports a failed attempt to reach them (`report_failure`), then down until a first heartbeat.
-Memory is bounded: `window` intervals per peer, at most `max_peers` peers (the peer heard from
-longest ago is forgotten first).
+Memory is bounded: `window` intervals per peer, at most `max_peers` peers heard from and at most
+`max_peers` never-heard-from peers with a reported failure (the least recent is forgotten first).
 """
 
 from __future__ import annotations

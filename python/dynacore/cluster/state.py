@@ -102,6 +102,16 @@ class Plan:
     leaves: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """The handoff of one moving partition: its current holders stream it to the targets."""
+
+    partition: int
+    sources: tuple[str, ...]  # the current n_val preference list (they hold all of it)
+    targets: tuple[str, ...]  # pending preference-list nodes that do not hold it yet
+    confirmed: bool
+
+
 def _check_text(what: str, value: object, max_bytes: int) -> None:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{what} must be a non-empty str, got {value!r}")
@@ -113,6 +123,10 @@ def _check_node_id(node_id: object) -> str:
     _check_text("node id", node_id, MAX_NODE_ID_BYTES)
     assert isinstance(node_id, str)
     return node_id
+
+
+def _is_index(value: object, size: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
 
 
 def _ring_key(ring: Ring | None) -> bytes:
@@ -172,7 +186,7 @@ class ClusterState:
             raise ClusterError(f"ring nodes that are not members: {sorted(missing)}")
         if self.pending is None and self.confirmed:
             raise ClusterError("confirmed handoffs without a pending ring")
-        bad = [p for p in self.confirmed if not isinstance(p, int) or not 0 <= p < self.ring.q]
+        bad = [p for p in self.confirmed if not _is_index(p, self.ring.q)]
         if bad:
             raise ClusterError(f"confirmed partitions outside the ring: {bad[:8]}")
 
@@ -367,17 +381,39 @@ class ClusterState:
         old = set(self.ring.preference_list(partition, self.n_val))
         return any(n not in old for n in pending.preference_list(partition, self.n_val))
 
+    def transfers(self) -> list[Transfer]:
+        """What the handoff must stream, per moving partition (empty without a pending ring).
+        A transfer with no targets only changes the owner: confirm it at once."""
+        if self.pending is None:
+            return []
+        out = []
+        for partition in self.moving_partitions():
+            sources = self.ring.preference_list(partition, self.n_val)
+            wanted = self.pending.preference_list(partition, self.n_val)
+            targets = tuple(n for n in wanted if n not in sources)
+            out.append(Transfer(partition, sources, targets, partition in self.confirmed))
+        return out
+
     def confirm_handoff(self, partition: int) -> ClusterState:
         """Record that every node of the pending preference list holds all of `partition`."""
-        if self.pending is None:
+        return self.confirm_handoffs([partition])
+
+    def confirm_handoffs(self, partitions: Iterable[int]) -> ClusterState:
+        """confirm_handoff for many partitions at once (one new state, one validation)."""
+        pending = self.pending
+        if pending is None:
             raise ClusterError("no handoff is pending")
-        if not isinstance(partition, int) or not 0 <= partition < self.ring.q:
-            raise ClusterError(f"partition must be in [0, {self.ring.q}), got {partition!r}")
-        if not self._moves(self.pending, partition):
-            raise ClusterError(f"partition {partition} does not move in epoch {self.epoch}")
-        if partition in self.confirmed:
+        new: set[int] = set()
+        for partition in partitions:
+            if not _is_index(partition, self.ring.q):
+                raise ClusterError(f"partition must be in [0, {self.ring.q}), got {partition!r}")
+            if partition not in self.confirmed and partition not in new:
+                if not self._moves(pending, partition):
+                    raise ClusterError(f"partition {partition} does not move in epoch {self.epoch}")
+                new.add(partition)
+        if not new:
             return self
-        return self._replace(confirmed=self.confirmed | {partition})
+        return self._replace(confirmed=self.confirmed | new)
 
     def handoff_done(self) -> bool:
         """True when a handoff is pending and every moving partition is confirmed."""

@@ -376,6 +376,17 @@ def test_merge_takes_the_newer_ring_and_keeps_newer_member_records() -> None:
     assert merged.address_of("a") == "a:9" and merged.members["d"].status is Status.VALID
 
 
+def test_changes_staged_on_two_replicas_commit_together() -> None:
+    ancestor = ClusterState.bootstrap(Q, ABCD)
+    merged = ancestor.stage_join("e", "e:1").merge(ancestor.stage_leave("a"))
+    assert merged.staged_joins == {"e"} and merged.staged_leaves == {"a"}
+    assert merged.claimant() == "b"  # a is leaving
+    plan = merged.plan()
+    assert plan.ring == ancestor.ring.with_node("e").without_node("a")
+    done = hand_off_everything(merged.commit()).finish_if_done()
+    assert done.ring.nodes == ["b", "c", "d", "e"] and done.stranded() == []
+
+
 def test_merge_refuses_another_cluster() -> None:
     with pytest.raises(ClusterError):
         ClusterState.bootstrap(Q, ABC).merge(ClusterState.bootstrap(Q * 2, ABC))

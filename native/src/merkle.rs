@@ -1,1 +1,1367 @@
-//! merkle: see lib.rs for the Python bindings (placeholder until implemented).
+//! merkle: the per-partition Merkle tree over key segments (BLAKE3), in plain Rust.
+//!
+//! This module owns the Rust twin of python/dynacore/core/merkle.py: the segment rule, the hash
+//! layout and the lazy (dirty-tracked) hashing. It knows nothing of Python; lib.rs binds it as
+//! `dynacore._native.merkle`.
+//!
+//! Layout (docs/contracts.md): segments = fanout^depth leaves; a key falls in segment
+//! `xxh3_64(key) & (segments - 1)`. A segment hashes to BLAKE3 over its (key, digest) pairs sorted
+//! by key, each encoded as `len(key) as u32 BE ‖ key ‖ digest`, or to 32 zero bytes when empty. An
+//! inner node hashes to BLAKE3 over its children's hashes concatenated, or to 32 zero bytes when
+//! every child is zero.
+//!
+//! Each segment is stored as exactly those encoded records, sorted by key, in one buffer: hashing
+//! a segment is one BLAKE3 call over its buffer, and replacing a digest is a 32-byte copy.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Size of a digest and of every node hash.
+pub const DIGEST_SIZE_BYTES: usize = 32;
+pub const MIN_FANOUT: u64 = 2;
+pub const MAX_FANOUT: u64 = 256;
+pub const MIN_DEPTH: u64 = 1;
+pub const MAX_DEPTH: u64 = 6;
+pub const MAX_SEGMENTS: u64 = 1 << 20;
+/// The longest key the `u32` length prefix can encode.
+pub const MAX_KEY_SIZE_BYTES: usize = u32::MAX as usize;
+/// The hash of an empty segment, and of an inner node whose children are all zero.
+pub const ZERO_HASH: Hash = [0; DIGEST_SIZE_BYTES];
+
+/// A digest or node hash.
+pub type Hash = [u8; DIGEST_SIZE_BYTES];
+
+/// Bytes of the `len(key)` prefix of a record.
+const LEN_PREFIX_BYTES: usize = 4;
+
+/// Bad arguments to a tree operation (the Python MerkleError).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MerkleError(pub String);
+
+impl fmt::Display for MerkleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MerkleError {}
+
+fn error<T>(message: String) -> Result<T, MerkleError> {
+    Err(MerkleError(message))
+}
+
+/// BLAKE3-256 of `data`.
+pub fn digest(data: &[u8]) -> Hash {
+    *blake3::hash(data).as_bytes()
+}
+
+/// Checks that `key` fits the record layout.
+pub fn check_key(key: &[u8]) -> Result<(), MerkleError> {
+    if key.len() > MAX_KEY_SIZE_BYTES {
+        return error(format!("a key must be at most {MAX_KEY_SIZE_BYTES} bytes"));
+    }
+    Ok(())
+}
+
+/// A borrowed (key, digest) pair, as handed to the batch operations.
+pub type Pair<'a> = (&'a [u8], &'a Hash);
+
+/// The record at `offset` of a segment buffer.
+fn record_at(buf: &[u8], offset: usize) -> Record<'_> {
+    let mut len_bytes = [0u8; LEN_PREFIX_BYTES];
+    len_bytes.copy_from_slice(&buf[offset..offset + LEN_PREFIX_BYTES]);
+    let key_len = u32::from_be_bytes(len_bytes) as usize;
+    let key_start = offset + LEN_PREFIX_BYTES;
+    let digest_start = key_start + key_len;
+    let end = digest_start + DIGEST_SIZE_BYTES;
+    Record {
+        key: &buf[key_start..digest_start],
+        digest: &buf[digest_start..end],
+        encoded: &buf[offset..end],
+    }
+}
+
+fn record_len(key: &[u8]) -> usize {
+    LEN_PREFIX_BYTES + key.len() + DIGEST_SIZE_BYTES
+}
+
+fn push_record(buf: &mut Vec<u8>, key: &[u8], digest: &Hash) {
+    debug_assert!(key.len() <= MAX_KEY_SIZE_BYTES);
+    buf.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(digest);
+}
+
+/// Where `key` is in a segment buffer: Ok(offset of its record) or Err(offset to insert at).
+fn find(buf: &[u8], key: &[u8]) -> Result<usize, usize> {
+    let mut offset = 0;
+    while offset < buf.len() {
+        let record = record_at(buf, offset);
+        match record.key.cmp(key) {
+            Ordering::Less => offset += record.encoded.len(),
+            Ordering::Equal => return Ok(offset),
+            Ordering::Greater => return Err(offset),
+        }
+    }
+    Err(offset)
+}
+
+/// One encoded record: `len(key) u32 BE ‖ key ‖ digest`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub key: &'a [u8],
+    pub digest: &'a [u8],
+    pub encoded: &'a [u8],
+}
+
+/// The records of one segment, in key order.
+pub struct Records<'a> {
+    buf: &'a [u8],
+    offset: usize,
+}
+
+impl<'a> Iterator for Records<'a> {
+    type Item = Record<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.offset >= self.buf.len() {
+            return None;
+        }
+        let record = record_at(self.buf, self.offset);
+        self.offset += record.encoded.len();
+        Some(record)
+    }
+}
+
+/// A segment touched by a `Loader`: its records before the load end at `old_len`, the records
+/// appended by the load follow, unsorted.
+#[derive(Clone, Copy)]
+struct Touched {
+    segment: u32,
+    old_len: usize,
+}
+
+/// One record of a segment buffer, for sorting: its key's first 16 bytes (big-endian, zero
+/// padded), which order most keys without reading them, and where the record is.
+#[derive(Clone, Copy)]
+struct Entry {
+    head: u64,
+    tail: u64,
+    offset: usize,
+}
+
+fn key_words(key: &[u8]) -> (u64, u64) {
+    let mut bytes = [0u8; 16];
+    let n = key.len().min(16);
+    bytes[..n].copy_from_slice(&key[..n]);
+    let (head, tail) = bytes.split_at(8);
+    (
+        u64::from_be_bytes(head.try_into().expect("8 bytes")),
+        u64::from_be_bytes(tail.try_into().expect("8 bytes")),
+    )
+}
+
+impl Entry {
+    fn record<'a>(&self, buf: &'a [u8]) -> Record<'a> {
+        record_at(buf, self.offset)
+    }
+}
+
+/// Loads many pairs into a tree (update_many, rebuild): each pair's record is appended to its
+/// segment's buffer as it comes (no per-batch copies), and `commit` then sorts, deduplicates
+/// (the later pair of a key wins) and merges each touched segment once. Dropped without
+/// `commit` (a bad pair), it truncates every touched segment back: the tree is unchanged.
+pub struct Loader<'t> {
+    tree: &'t mut MerkleTree,
+    replace: bool,
+    /// Records a touched segment is expected to receive (room is made for them up front).
+    per_segment: usize,
+    touched: Vec<Touched>,
+    touched_bits: Vec<u64>,
+    committed: bool,
+}
+
+impl Loader<'_> {
+    /// Appends a pair; a later pair with the same key wins.
+    pub fn push(&mut self, key: &[u8], digest: &Hash) -> Result<(), MerkleError> {
+        check_key(key)?;
+        let segment = self.tree.segment_of(key);
+        let (word, bit) = (segment / 64, 1u64 << (segment % 64));
+        let buf = &mut self.tree.segs[segment];
+        if self.touched_bits[word] & bit == 0 {
+            self.touched_bits[word] |= bit;
+            self.touched.push(Touched {
+                segment: segment as u32,
+                old_len: buf.len(),
+            });
+            buf.reserve(self.per_segment * record_len(key));
+        }
+        push_record(buf, key, digest);
+        Ok(())
+    }
+
+    /// Applies every pushed pair (and, for a rebuild, drops every other key).
+    pub fn commit(mut self) {
+        self.committed = true;
+        let tree = &mut *self.tree;
+        if self.replace {
+            tree.size = 0;
+            for segment in 0..tree.segments {
+                let touched = self.touched_bits[segment / 64] & (1u64 << (segment % 64)) != 0;
+                if !touched && !tree.segs[segment].is_empty() {
+                    tree.segs[segment] = Vec::new();
+                    tree.mark_dirty(segment);
+                }
+            }
+        }
+        let mut scratch = Settle::default();
+        for touched in &self.touched {
+            scratch.settle(tree, *touched, self.replace);
+        }
+    }
+}
+
+impl Drop for Loader<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            for touched in &self.touched {
+                self.tree.segs[touched.segment as usize].truncate(touched.old_len);
+            }
+        }
+    }
+}
+
+/// The scratch space of `Loader::commit`, reused from segment to segment.
+#[derive(Default)]
+struct Settle {
+    entries: Vec<Entry>,
+    merged: Vec<u8>,
+}
+
+impl Settle {
+    /// Sorts a touched segment's appended records, keeps the last of each key, and merges them
+    /// over the old records (or, replacing, instead of them).
+    fn settle(&mut self, tree: &mut MerkleTree, touched: Touched, replace: bool) {
+        let segment = touched.segment as usize;
+        let buf = &tree.segs[segment];
+        let old = &buf[..touched.old_len];
+        self.entries.clear();
+        let mut offset = touched.old_len;
+        while offset < buf.len() {
+            let record = record_at(buf, offset);
+            let (head, tail) = key_words(record.key);
+            self.entries.push(Entry { head, tail, offset });
+            offset += record.encoded.len();
+        }
+        self.entries.sort_by(|a, b| {
+            (a.head, a.tail)
+                .cmp(&(b.head, b.tail))
+                .then_with(|| a.record(buf).key.cmp(b.record(buf).key))
+        });
+        let same_key = |a: &Entry, b: &Entry| {
+            a.head == b.head && a.tail == b.tail && a.record(buf).key == b.record(buf).key
+        };
+        let entries = &self.entries;
+        let winners = entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, e)| entries.get(i + 1).is_none_or(|next| !same_key(e, next)))
+            .map(|(_, e)| e.record(buf));
+        self.merged.clear();
+        let mut added = 0;
+        if replace {
+            for record in winners {
+                self.merged.extend_from_slice(record.encoded);
+                added += 1;
+            }
+        } else {
+            let mut kept = Records {
+                buf: old,
+                offset: 0,
+            }
+            .peekable();
+            for record in winners {
+                while let Some(older) = kept.next_if(|r| r.key < record.key) {
+                    self.merged.extend_from_slice(older.encoded);
+                }
+                if kept.next_if(|r| r.key == record.key).is_none() {
+                    added += 1;
+                }
+                self.merged.extend_from_slice(record.encoded);
+            }
+            for older in kept {
+                self.merged.extend_from_slice(older.encoded);
+            }
+        }
+        let changed = self.merged != old;
+        let buf = &mut tree.segs[segment];
+        buf.clear();
+        buf.extend_from_slice(&self.merged);
+        tree.size += added;
+        if changed {
+            tree.mark_dirty(segment);
+        }
+    }
+}
+
+/// A Merkle tree over fanout^depth key segments, hashed lazily.
+#[derive(Clone, Debug)]
+pub struct MerkleTree {
+    fanout: usize,
+    depth: usize,
+    bits: u32,
+    segments: usize,
+    /// The encoded records of each segment, sorted by key.
+    segs: Vec<Vec<u8>>,
+    size: usize,
+    /// levels[d] holds the fanout^d hashes at depth d; exact except for the dirty segments and
+    /// their ancestors, which flush() recomputes.
+    levels: Vec<Vec<Hash>>,
+    dirty: Vec<u32>,
+    dirty_bits: Vec<u64>,
+}
+
+impl MerkleTree {
+    /// A tree of fanout^depth empty segments; fanout a power of two in 2..=256, depth in 1..=6,
+    /// at most 2^20 segments.
+    pub fn new(fanout: u64, depth: u64) -> Result<Self, MerkleError> {
+        if !(MIN_FANOUT..=MAX_FANOUT).contains(&fanout) || !fanout.is_power_of_two() {
+            return error(format!(
+                "fanout must be a power of two in [{MIN_FANOUT}, {MAX_FANOUT}], got {fanout}"
+            ));
+        }
+        if !(MIN_DEPTH..=MAX_DEPTH).contains(&depth) {
+            return error(format!(
+                "depth must be in [{MIN_DEPTH}, {MAX_DEPTH}], got {depth}"
+            ));
+        }
+        let bits = fanout.trailing_zeros();
+        let total_bits = bits as u64 * depth;
+        if total_bits > MAX_SEGMENTS.trailing_zeros() as u64 {
+            return error(format!(
+                "fanout ** depth = 2**{total_bits} exceeds {MAX_SEGMENTS} segments"
+            ));
+        }
+        let segments = 1usize << total_bits;
+        let depth = depth as usize;
+        let levels = (0..=depth)
+            .map(|d| vec![ZERO_HASH; 1usize << (bits as usize * d)])
+            .collect();
+        Ok(MerkleTree {
+            fanout: fanout as usize,
+            depth,
+            bits,
+            segments,
+            segs: vec![Vec::new(); segments],
+            size: 0,
+            levels,
+            dirty: Vec::new(),
+            dirty_bits: vec![0; segments.div_ceil(64)],
+        })
+    }
+
+    pub fn fanout(&self) -> usize {
+        self.fanout
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth
+    }
+
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// The number of keys.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    pub fn segment_of(&self, key: &[u8]) -> usize {
+        (xxh3_64(key) & (self.segments as u64 - 1)) as usize
+    }
+
+    fn mark_dirty(&mut self, segment: usize) {
+        let (word, bit) = (segment / 64, 1u64 << (segment % 64));
+        if self.dirty_bits[word] & bit == 0 {
+            self.dirty_bits[word] |= bit;
+            self.dirty.push(segment as u32);
+        }
+    }
+
+    /// Inserts or replaces the digest of `key`.
+    pub fn update(&mut self, key: &[u8], digest: &Hash) -> Result<(), MerkleError> {
+        check_key(key)?;
+        let segment = self.segment_of(key);
+        let buf = &mut self.segs[segment];
+        match find(buf, key) {
+            Ok(offset) => {
+                let start = offset + LEN_PREFIX_BYTES + key.len();
+                let stored = &mut buf[start..start + DIGEST_SIZE_BYTES];
+                if stored == digest {
+                    return Ok(());
+                }
+                stored.copy_from_slice(digest);
+            }
+            Err(offset) => {
+                let len = record_len(key);
+                let old_len = buf.len();
+                buf.resize(old_len + len, 0);
+                buf.copy_within(offset..old_len, offset + len);
+                let mut record = Vec::with_capacity(len);
+                push_record(&mut record, key, digest);
+                buf[offset..offset + len].copy_from_slice(&record);
+                self.size += 1;
+            }
+        }
+        self.mark_dirty(segment);
+        Ok(())
+    }
+
+    /// Forgets `key`; an absent key is a no-op.
+    pub fn remove(&mut self, key: &[u8]) -> Result<(), MerkleError> {
+        check_key(key)?;
+        let segment = self.segment_of(key);
+        let buf = &mut self.segs[segment];
+        let Ok(offset) = find(buf, key) else {
+            return Ok(());
+        };
+        buf.drain(offset..offset + record_len(key));
+        if buf.is_empty() {
+            *buf = Vec::new();
+        }
+        self.size -= 1;
+        self.mark_dirty(segment);
+        Ok(())
+    }
+
+    /// A loader of about `expected_pairs` pairs: for update_many (`replace` false) or rebuild
+    /// (`replace` true).
+    pub fn loader(&mut self, replace: bool, expected_pairs: usize) -> Loader<'_> {
+        let words = self.segments.div_ceil(64);
+        // A segment gets expected_pairs / segments pairs on average; room for a few more.
+        let per_segment = (expected_pairs / self.segments) * 5 / 4 + 1;
+        Loader {
+            tree: self,
+            replace,
+            per_segment,
+            touched: Vec::new(),
+            touched_bits: vec![0; words],
+            committed: false,
+        }
+    }
+
+    /// update() of every pair in order (a later duplicate key wins); a bad pair changes nothing.
+    pub fn update_many(&mut self, pairs: &[Pair<'_>]) -> Result<(), MerkleError> {
+        self.load(pairs, false)
+    }
+
+    /// Replaces the whole content by `pairs` (a later duplicate key wins); a bad pair changes
+    /// nothing.
+    pub fn rebuild(&mut self, pairs: &[Pair<'_>]) -> Result<(), MerkleError> {
+        self.load(pairs, true)
+    }
+
+    fn load(&mut self, pairs: &[Pair<'_>], replace: bool) -> Result<(), MerkleError> {
+        let mut loader = self.loader(replace, pairs.len());
+        for &(key, digest) in pairs {
+            loader.push(key, digest)?;
+        }
+        loader.commit();
+        Ok(())
+    }
+
+    /// The hash of the root.
+    pub fn root(&mut self) -> Hash {
+        self.flush();
+        self.levels[0][0]
+    }
+
+    /// All fanout^depth hashes at `depth` (0 is the root, self.depth() the segments).
+    pub fn level(&mut self, depth: usize) -> Result<&[Hash], MerkleError> {
+        self.check_depth(depth)?;
+        self.flush();
+        Ok(&self.levels[depth])
+    }
+
+    /// The hashes at `depth` of the nodes `indexes`, in the order asked.
+    pub fn hashes(&mut self, depth: usize, indexes: &[usize]) -> Result<Vec<Hash>, MerkleError> {
+        self.check_depth(depth)?;
+        let width = self.levels[depth].len();
+        if let Some(bad) = indexes.iter().find(|&&i| i >= width) {
+            return error(format!("index must be in [0, {}], got {bad}", width - 1));
+        }
+        self.flush();
+        Ok(indexes.iter().map(|&i| self.levels[depth][i]).collect())
+    }
+
+    /// The (key, digest) records of segment `index`, in key order.
+    pub fn segment(&self, index: usize) -> Result<Records<'_>, MerkleError> {
+        if index >= self.segments {
+            return error(format!(
+                "index must be in [0, {}], got {index}",
+                self.segments - 1
+            ));
+        }
+        Ok(Records {
+            buf: &self.segs[index],
+            offset: 0,
+        })
+    }
+
+    /// The sorted indexes of the segments whose contents differ between the two trees.
+    pub fn diff(&mut self, other: &mut MerkleTree) -> Result<Vec<usize>, MerkleError> {
+        if self.fanout != other.fanout || self.depth != other.depth {
+            return error(format!(
+                "trees of different shape: fanout/depth {}/{} vs {}/{}",
+                self.fanout, self.depth, other.fanout, other.depth
+            ));
+        }
+        self.flush();
+        other.flush();
+        let mut nodes: Vec<usize> = Vec::new();
+        if self.levels[0][0] != other.levels[0][0] {
+            nodes.push(0);
+        }
+        for depth in 1..=self.depth {
+            let (mine, theirs) = (&self.levels[depth], &other.levels[depth]);
+            nodes = nodes
+                .iter()
+                .flat_map(|&node| node * self.fanout..(node + 1) * self.fanout)
+                .filter(|&child| mine[child] != theirs[child])
+                .collect();
+        }
+        Ok(nodes)
+    }
+
+    /// Same shape and the same (key, digest) pairs.
+    pub fn same_contents(&self, other: &MerkleTree) -> bool {
+        self.fanout == other.fanout
+            && self.depth == other.depth
+            && self.size == other.size
+            && self.segs == other.segs
+    }
+
+    fn check_depth(&self, depth: usize) -> Result<(), MerkleError> {
+        if depth > self.depth {
+            return error(format!("depth must be in [0, {}], got {depth}", self.depth));
+        }
+        Ok(())
+    }
+
+    /// Rehashes the dirty segments and their ancestors, level by level up to the root.
+    fn flush(&mut self) {
+        if self.dirty.is_empty() {
+            return;
+        }
+        let mut nodes = std::mem::take(&mut self.dirty);
+        nodes.sort_unstable();
+        for &segment in &nodes {
+            self.dirty_bits[segment as usize / 64] = 0;
+        }
+        let leaves = &mut self.levels[self.depth];
+        let mut hashed: Vec<u32> = Vec::with_capacity(nodes.len());
+        for &segment in &nodes {
+            if self.segs[segment as usize].is_empty() {
+                leaves[segment as usize] = ZERO_HASH;
+            } else {
+                hashed.push(segment);
+            }
+        }
+        let messages: Vec<&[u8]> = hashed
+            .iter()
+            .map(|&s| self.segs[s as usize].as_slice())
+            .collect();
+        lanes::hash_each(&messages, |i, hash| leaves[hashed[i] as usize] = hash);
+        for depth in (0..self.depth).rev() {
+            nodes.dedup_by_key(|node| *node >> self.bits);
+            for node in nodes.iter_mut() {
+                *node >>= self.bits;
+            }
+            let (upper, lower) = self.levels.split_at_mut(depth + 1);
+            let (level, children) = (&mut upper[depth], &lower[0]);
+            let fanout = self.fanout;
+            let block = |node: u32| children[node as usize * fanout..][..fanout].as_flattened();
+            hashed.clear();
+            for &node in &nodes {
+                if block(node).iter().all(|&b| b == 0) {
+                    level[node as usize] = ZERO_HASH;
+                } else {
+                    hashed.push(node);
+                }
+            }
+            let messages: Vec<&[u8]> = hashed.iter().map(|&n| block(n)).collect();
+            lanes::hash_each(&messages, |i, hash| level[hashed[i] as usize] = hash);
+        }
+        debug_assert!(self.dirty.is_empty());
+    }
+}
+
+/// BLAKE3 of many messages at once. A message of at most one chunk (1 KiB) is a chain of
+/// compressions that cannot be parallelised inside the message, so short messages are hashed
+/// side by side instead, one per SIMD lane (16 lanes with AVX-512, 8 with AVX2). The compression
+/// follows the BLAKE3 specification; tests check it against the blake3 crate for every length.
+/// Longer messages, and every message on other CPUs, go to `blake3::hash`.
+pub mod lanes {
+    use super::Hash;
+
+    const CHUNK_LEN: usize = 1024;
+    const BLOCK_LEN: usize = 64;
+    /// The most lanes of any implementation.
+    const MAX_LANES: usize = 16;
+    const CHUNK_START: u32 = 1;
+    const CHUNK_END: u32 = 2;
+    const ROOT: u32 = 8;
+    const IV: [u32; 8] = [
+        0x6A09_E667,
+        0xBB67_AE85,
+        0x3C6E_F372,
+        0xA54F_F53A,
+        0x510E_527F,
+        0x9B05_688C,
+        0x1F83_D9AB,
+        0x5BE0_CD19,
+    ];
+    /// SCHEDULE[r][i]: the message word that takes the place of word i in round r.
+    const SCHEDULE: [[usize; 16]; 7] = schedule();
+
+    const fn schedule() -> [[usize; 16]; 7] {
+        const PERMUTATION: [usize; 16] = [2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8];
+        let mut rounds = [[0; 16]; 7];
+        let mut i = 0;
+        while i < 16 {
+            rounds[0][i] = i;
+            i += 1;
+        }
+        let mut r = 1;
+        while r < 7 {
+            let mut i = 0;
+            while i < 16 {
+                rounds[r][i] = rounds[r - 1][PERMUTATION[i]];
+                i += 1;
+            }
+            r += 1;
+        }
+        rounds
+    }
+
+    /// Calls `sink(i, blake3(messages[i]))` for every message, in no particular order.
+    pub fn hash_each(messages: &[&[u8]], mut sink: impl FnMut(usize, Hash)) {
+        let mut short: Vec<usize> = Vec::with_capacity(messages.len());
+        for (i, message) in messages.iter().enumerate() {
+            if message.len() <= CHUNK_LEN {
+                short.push(i);
+            } else {
+                sink(i, *blake3::hash(message).as_bytes());
+            }
+        }
+        // Messages of equal block counts side by side waste no lane steps.
+        short.sort_unstable_by_key(|&i| blocks(messages[i]));
+        hash_short(messages, &short, &mut sink);
+    }
+
+    fn blocks(message: &[u8]) -> usize {
+        message.len().div_ceil(BLOCK_LEN).max(1)
+    }
+
+    fn hash_short(messages: &[&[u8]], short: &[usize], sink: &mut impl FnMut(usize, Hash)) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if short.len() > 1 && std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { x86::hash_short_avx512(messages, short, sink) };
+            }
+            if short.len() > 1 && std::arch::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2, checked just above.
+                return unsafe { x86::hash_short_avx2(messages, short, sink) };
+            }
+        }
+        hash_short_portable(messages, short, sink);
+    }
+
+    fn hash_short_portable(
+        messages: &[&[u8]],
+        short: &[usize],
+        sink: &mut impl FnMut(usize, Hash),
+    ) {
+        for &i in short {
+            sink(i, *blake3::hash(messages[i]).as_bytes());
+        }
+    }
+
+    /// The SIMD lane kernels (x86_64 only).
+    #[cfg(target_arch = "x86_64")]
+    pub mod x86 {
+        use std::arch::x86_64::*;
+
+        use super::{
+            blocks, Hash, BLOCK_LEN, CHUNK_END, CHUNK_START, IV, MAX_LANES, ROOT, SCHEDULE,
+        };
+
+        /// One u32 per lane. Implementations are only called from functions compiled with their
+        /// target feature (`hash_short_avx512`, `hash_short_avx2`), which is what makes every
+        /// method's `unsafe` sound: the caller guarantees the CPU feature.
+        trait Lanes: Copy {
+            const LANES: usize;
+            unsafe fn splat(x: u32) -> Self;
+            /// The first LANES words of `words`.
+            unsafe fn load(words: &[u32; MAX_LANES]) -> Self;
+            unsafe fn store(self, words: &mut [u32; MAX_LANES]);
+            /// Word `w` of the first LANES rows.
+            unsafe fn column(rows: &[[u32; 16]; MAX_LANES], w: usize) -> Self;
+            unsafe fn add(self, other: Self) -> Self;
+            unsafe fn xor(self, other: Self) -> Self;
+            unsafe fn ror16(self) -> Self;
+            unsafe fn ror12(self) -> Self;
+            unsafe fn ror8(self) -> Self;
+            unsafe fn ror7(self) -> Self;
+        }
+
+        #[derive(Clone, Copy)]
+        struct Avx512(__m512i);
+
+        impl Lanes for Avx512 {
+            const LANES: usize = 16;
+            #[inline(always)]
+            unsafe fn splat(x: u32) -> Self {
+                Avx512(_mm512_set1_epi32(x as i32))
+            }
+            #[inline(always)]
+            unsafe fn load(words: &[u32; MAX_LANES]) -> Self {
+                // SAFETY: 16 u32 are exactly one unaligned 512-bit load.
+                Avx512(unsafe { _mm512_loadu_si512(words.as_ptr().cast()) })
+            }
+            #[inline(always)]
+            unsafe fn store(self, words: &mut [u32; MAX_LANES]) {
+                // SAFETY: 16 u32 are exactly one unaligned 512-bit store.
+                unsafe { _mm512_storeu_si512(words.as_mut_ptr().cast(), self.0) }
+            }
+            #[inline(always)]
+            unsafe fn column(rows: &[[u32; 16]; MAX_LANES], w: usize) -> Self {
+                debug_assert!(w < 16);
+                let index = _mm512_setr_epi32(
+                    0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
+                );
+                // SAFETY: every index + w < 256 = 16 * 16 words of `rows`.
+                Avx512(unsafe { _mm512_i32gather_epi32::<4>(index, rows[0][w..].as_ptr().cast()) })
+            }
+            #[inline(always)]
+            unsafe fn add(self, other: Self) -> Self {
+                Avx512(_mm512_add_epi32(self.0, other.0))
+            }
+            #[inline(always)]
+            unsafe fn xor(self, other: Self) -> Self {
+                Avx512(_mm512_xor_si512(self.0, other.0))
+            }
+            #[inline(always)]
+            unsafe fn ror16(self) -> Self {
+                Avx512(_mm512_ror_epi32::<16>(self.0))
+            }
+            #[inline(always)]
+            unsafe fn ror12(self) -> Self {
+                Avx512(_mm512_ror_epi32::<12>(self.0))
+            }
+            #[inline(always)]
+            unsafe fn ror8(self) -> Self {
+                Avx512(_mm512_ror_epi32::<8>(self.0))
+            }
+            #[inline(always)]
+            unsafe fn ror7(self) -> Self {
+                Avx512(_mm512_ror_epi32::<7>(self.0))
+            }
+        }
+
+        #[derive(Clone, Copy)]
+        struct Avx2(__m256i);
+
+        impl Lanes for Avx2 {
+            const LANES: usize = 8;
+            #[inline(always)]
+            unsafe fn splat(x: u32) -> Self {
+                Avx2(_mm256_set1_epi32(x as i32))
+            }
+            #[inline(always)]
+            unsafe fn load(words: &[u32; MAX_LANES]) -> Self {
+                // SAFETY: the first 8 of 16 u32, one unaligned 256-bit load.
+                Avx2(unsafe { _mm256_loadu_si256(words.as_ptr().cast()) })
+            }
+            #[inline(always)]
+            unsafe fn store(self, words: &mut [u32; MAX_LANES]) {
+                // SAFETY: the first 8 of 16 u32, one unaligned 256-bit store.
+                unsafe { _mm256_storeu_si256(words.as_mut_ptr().cast(), self.0) }
+            }
+            #[inline(always)]
+            unsafe fn column(rows: &[[u32; 16]; MAX_LANES], w: usize) -> Self {
+                debug_assert!(w < 16);
+                let index = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
+                // SAFETY: every index + w < 128 <= 16 * 16 words of `rows`.
+                Avx2(unsafe { _mm256_i32gather_epi32::<4>(rows[0][w..].as_ptr().cast(), index) })
+            }
+            #[inline(always)]
+            unsafe fn add(self, other: Self) -> Self {
+                Avx2(_mm256_add_epi32(self.0, other.0))
+            }
+            #[inline(always)]
+            unsafe fn xor(self, other: Self) -> Self {
+                Avx2(_mm256_xor_si256(self.0, other.0))
+            }
+            #[inline(always)]
+            unsafe fn ror16(self) -> Self {
+                let bytes = _mm256_set_epi8(
+                    13, 12, 15, 14, 9, 8, 11, 10, 5, 4, 7, 6, 1, 0, 3, 2, 13, 12, 15, 14, 9, 8, 11,
+                    10, 5, 4, 7, 6, 1, 0, 3, 2,
+                );
+                Avx2(_mm256_shuffle_epi8(self.0, bytes))
+            }
+            #[inline(always)]
+            unsafe fn ror12(self) -> Self {
+                Avx2(_mm256_or_si256(
+                    _mm256_srli_epi32::<12>(self.0),
+                    _mm256_slli_epi32::<20>(self.0),
+                ))
+            }
+            #[inline(always)]
+            unsafe fn ror8(self) -> Self {
+                let bytes = _mm256_set_epi8(
+                    12, 15, 14, 13, 8, 11, 10, 9, 4, 7, 6, 5, 0, 3, 2, 1, 12, 15, 14, 13, 8, 11,
+                    10, 9, 4, 7, 6, 5, 0, 3, 2, 1,
+                );
+                Avx2(_mm256_shuffle_epi8(self.0, bytes))
+            }
+            #[inline(always)]
+            unsafe fn ror7(self) -> Self {
+                Avx2(_mm256_or_si256(
+                    _mm256_srli_epi32::<7>(self.0),
+                    _mm256_slli_epi32::<25>(self.0),
+                ))
+            }
+        }
+
+        /// # Safety
+        /// The CPU must have AVX-512F.
+        #[target_feature(enable = "avx512f")]
+        pub unsafe fn hash_short_avx512(
+            messages: &[&[u8]],
+            short: &[usize],
+            sink: &mut impl FnMut(usize, Hash),
+        ) {
+            for group in short.chunks(Avx512::LANES) {
+                // SAFETY: this function has AVX-512F.
+                unsafe { hash_group::<Avx512>(messages, group, sink) };
+            }
+        }
+
+        /// # Safety
+        /// The CPU must have AVX2.
+        #[target_feature(enable = "avx2")]
+        pub unsafe fn hash_short_avx2(
+            messages: &[&[u8]],
+            short: &[usize],
+            sink: &mut impl FnMut(usize, Hash),
+        ) {
+            for group in short.chunks(Avx2::LANES) {
+                // SAFETY: this function has AVX2.
+                unsafe { hash_group::<Avx2>(messages, group, sink) };
+            }
+        }
+
+        /// Hashes up to V::LANES one-chunk messages, one per lane. A lane whose message has
+        /// fewer blocks than the longest of the group hands its hash out after its last block
+        /// and then computes garbage that nobody reads.
+        #[inline(always)]
+        unsafe fn hash_group<V: Lanes>(
+            messages: &[&[u8]],
+            group: &[usize],
+            sink: &mut impl FnMut(usize, Hash),
+        ) {
+            debug_assert!(!group.is_empty() && group.len() <= V::LANES);
+            let mut blocks_of = [0usize; MAX_LANES];
+            for (lane, &i) in group.iter().enumerate() {
+                blocks_of[lane] = blocks(messages[i]);
+            }
+            let steps = blocks_of.iter().copied().max().unwrap_or(0);
+            // SAFETY (every call below): the caller compiled us with V's target feature.
+            let mut cv: [V; 8] = IV.map(|word| unsafe { V::splat(word) });
+            // rows[lane][w]: word w of the lane's current block.
+            let mut rows = [[0u32; 16]; MAX_LANES];
+            for step in 0..steps {
+                let mut block_len = [BLOCK_LEN as u32; MAX_LANES];
+                let mut flags = [if step == 0 { CHUNK_START } else { 0 }; MAX_LANES];
+                for (lane, &i) in group.iter().enumerate() {
+                    if step >= blocks_of[lane] {
+                        continue;
+                    }
+                    let rest = &messages[i][step * BLOCK_LEN..];
+                    let taken = rest.len().min(BLOCK_LEN);
+                    let mut padded = [0u8; BLOCK_LEN];
+                    padded[..taken].copy_from_slice(&rest[..taken]);
+                    for (word, bytes) in rows[lane].iter_mut().zip(padded.chunks_exact(4)) {
+                        *word = u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
+                    }
+                    block_len[lane] = taken as u32;
+                    if step + 1 == blocks_of[lane] {
+                        flags[lane] |= CHUNK_END | ROOT;
+                    }
+                }
+                let block: [V; 16] = std::array::from_fn(|w| unsafe { V::column(&rows, w) });
+                unsafe {
+                    compress(&mut cv, &block, V::load(&block_len), V::load(&flags));
+                }
+                if (0..group.len()).all(|lane| step + 1 != blocks_of[lane]) {
+                    continue;
+                }
+                let mut words = [[0u32; MAX_LANES]; 8];
+                for (word, out) in cv.iter().zip(words.iter_mut()) {
+                    unsafe { word.store(out) };
+                }
+                for (lane, &i) in group.iter().enumerate() {
+                    if step + 1 == blocks_of[lane] {
+                        let mut hash = [0u8; 32];
+                        for (w, out) in hash.chunks_exact_mut(4).enumerate() {
+                            out.copy_from_slice(&words[w][lane].to_le_bytes());
+                        }
+                        sink(i, hash);
+                    }
+                }
+            }
+        }
+
+        /// One BLAKE3 compression in every lane (chunk counter 0), into `cv`.
+        #[inline(always)]
+        unsafe fn compress<V: Lanes>(cv: &mut [V; 8], block: &[V; 16], block_len: V, flags: V) {
+            unsafe {
+                let zero = V::splat(0);
+                let mut v = [
+                    cv[0],
+                    cv[1],
+                    cv[2],
+                    cv[3],
+                    cv[4],
+                    cv[5],
+                    cv[6],
+                    cv[7],
+                    V::splat(IV[0]),
+                    V::splat(IV[1]),
+                    V::splat(IV[2]),
+                    V::splat(IV[3]),
+                    zero,
+                    zero,
+                    block_len,
+                    flags,
+                ];
+                round::<V, 0>(&mut v, block);
+                round::<V, 1>(&mut v, block);
+                round::<V, 2>(&mut v, block);
+                round::<V, 3>(&mut v, block);
+                round::<V, 4>(&mut v, block);
+                round::<V, 5>(&mut v, block);
+                round::<V, 6>(&mut v, block);
+                for i in 0..8 {
+                    cv[i] = v[i].xor(v[i + 8]);
+                }
+            }
+        }
+
+        /// Round R: G on the columns, then on the diagonals.
+        #[inline(always)]
+        unsafe fn round<V: Lanes, const R: usize>(v: &mut [V; 16], m: &[V; 16]) {
+            let s = &SCHEDULE[R];
+            unsafe {
+                g(v, [0, 4, 8, 12], m[s[0]], m[s[1]]);
+                g(v, [1, 5, 9, 13], m[s[2]], m[s[3]]);
+                g(v, [2, 6, 10, 14], m[s[4]], m[s[5]]);
+                g(v, [3, 7, 11, 15], m[s[6]], m[s[7]]);
+                g(v, [0, 5, 10, 15], m[s[8]], m[s[9]]);
+                g(v, [1, 6, 11, 12], m[s[10]], m[s[11]]);
+                g(v, [2, 7, 8, 13], m[s[12]], m[s[13]]);
+                g(v, [3, 4, 9, 14], m[s[14]], m[s[15]]);
+            }
+        }
+
+        /// The quarter-round G on state words `[a, b, c, d]`, in every lane.
+        #[inline(always)]
+        unsafe fn g<V: Lanes>(v: &mut [V; 16], [a, b, c, d]: [usize; 4], x: V, y: V) {
+            unsafe {
+                v[a] = v[a].add(v[b]).add(x);
+                v[d] = v[d].xor(v[a]).ror16();
+                v[c] = v[c].add(v[d]);
+                v[b] = v[b].xor(v[c]).ror12();
+                v[a] = v[a].add(v[b]).add(y);
+                v[d] = v[d].xor(v[a]).ror8();
+                v[c] = v[c].add(v[d]);
+                v[b] = v[b].xor(v[c]).ror7();
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        type Kernel = fn(&[&[u8]], &[usize], &mut dyn FnMut(usize, Hash));
+
+        /// Every kernel this CPU can run, by name.
+        fn kernels() -> Vec<(&'static str, Kernel)> {
+            let mut found: Vec<(&'static str, Kernel)> = vec![("portable", |m, s, sink| {
+                hash_short_portable(m, s, &mut |i, h| sink(i, h))
+            })];
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    found.push(("avx512", |m, s, sink| {
+                        // SAFETY: the CPU has AVX-512F, checked above.
+                        unsafe { x86::hash_short_avx512(m, s, &mut |i, h| sink(i, h)) }
+                    }));
+                }
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    found.push(("avx2", |m, s, sink| {
+                        // SAFETY: the CPU has AVX2, checked above.
+                        unsafe { x86::hash_short_avx2(m, s, &mut |i, h| sink(i, h)) }
+                    }));
+                }
+            }
+            found
+        }
+
+        fn check(messages: &[Vec<u8>]) {
+            let borrowed: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+            let expected: Vec<Hash> = messages
+                .iter()
+                .map(|m| *blake3::hash(m).as_bytes())
+                .collect();
+            let mut got = vec![None; messages.len()];
+            hash_each(&borrowed, |i, hash| {
+                assert!(got[i].replace(hash).is_none(), "message {i} hashed twice");
+            });
+            let got: Vec<Hash> = got
+                .into_iter()
+                .map(|h| h.expect("every message hashed"))
+                .collect();
+            assert_eq!(got, expected);
+            let short: Vec<usize> = (0..messages.len())
+                .filter(|&i| messages[i].len() <= CHUNK_LEN)
+                .collect();
+            for (name, kernel) in kernels() {
+                let mut got = vec![None; messages.len()];
+                kernel(&borrowed, &short, &mut |i, h| got[i] = Some(h));
+                for &i in &short {
+                    assert_eq!(
+                        got[i],
+                        Some(expected[i]),
+                        "{name}, length {}",
+                        messages[i].len()
+                    );
+                }
+            }
+        }
+
+        fn bytes(len: usize, seed: u32) -> Vec<u8> {
+            (0..len as u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) ^ seed) as u8)
+                .collect()
+        }
+
+        #[test]
+        fn every_length_up_to_two_chunks_matches_blake3() {
+            check(
+                &(0..=2 * CHUNK_LEN + 1)
+                    .map(|len| bytes(len, len as u32))
+                    .collect::<Vec<_>>(),
+            );
+        }
+
+        #[test]
+        fn mixed_lengths_in_one_group_match_blake3() {
+            let lens = [
+                0, 1, 63, 64, 65, 127, 128, 500, 1023, 1024, 1025, 7, 64, 960, 3, 2000, 31,
+            ];
+            let messages: Vec<Vec<u8>> = lens.iter().map(|&l| bytes(l, l as u32 * 7)).collect();
+            check(&messages);
+            check(&messages[..1]);
+            check(&messages[..5]);
+            check(&[]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slow, obviously right model: the contract's layout computed from scratch.
+    fn model_root(fanout: usize, depth: usize, pairs: &[(Vec<u8>, Hash)]) -> Vec<Vec<Hash>> {
+        let segments = fanout.pow(depth as u32);
+        let mut segs: Vec<std::collections::BTreeMap<Vec<u8>, Hash>> =
+            vec![Default::default(); segments];
+        for (key, digest) in pairs {
+            segs[(xxh3_64(key) % segments as u64) as usize].insert(key.clone(), *digest);
+        }
+        let mut levels = vec![Vec::new(); depth + 1];
+        levels[depth] = segs
+            .iter()
+            .map(|seg| {
+                if seg.is_empty() {
+                    return ZERO_HASH;
+                }
+                let mut bytes = Vec::new();
+                for (key, digest) in seg {
+                    bytes.extend_from_slice(&(key.len() as u32).to_be_bytes());
+                    bytes.extend_from_slice(key);
+                    bytes.extend_from_slice(digest);
+                }
+                digest_of(&bytes)
+            })
+            .collect();
+        for d in (0..depth).rev() {
+            levels[d] = levels[d + 1]
+                .chunks(fanout)
+                .map(|children| {
+                    if children.iter().all(|c| *c == ZERO_HASH) {
+                        ZERO_HASH
+                    } else {
+                        digest_of(children.as_flattened())
+                    }
+                })
+                .collect();
+        }
+        levels
+    }
+
+    fn digest_of(data: &[u8]) -> Hash {
+        *blake3::hash(data).as_bytes()
+    }
+
+    fn pairs(n: usize, salt: u8) -> Vec<(Vec<u8>, Hash)> {
+        (0..n)
+            .map(|i| {
+                let key = format!("key-{i}").into_bytes();
+                (key, digest_of(&[salt, i as u8, (i >> 8) as u8]))
+            })
+            .collect()
+    }
+
+    fn borrowed(pairs: &[(Vec<u8>, Hash)]) -> Vec<Pair<'_>> {
+        pairs.iter().map(|(k, d)| (k.as_slice(), d)).collect()
+    }
+
+    #[test]
+    fn shapes_are_validated() {
+        assert!(MerkleTree::new(16, 3).is_ok());
+        assert!(MerkleTree::new(2, 6).is_ok());
+        assert!(MerkleTree::new(256, 2).is_ok());
+        for (fanout, depth) in [(0, 3), (1, 3), (3, 2), (512, 1), (16, 0), (16, 7), (256, 3)] {
+            assert!(MerkleTree::new(fanout, depth).is_err(), "{fanout}/{depth}");
+        }
+        assert!(MerkleTree::new(32, 4).is_ok()); // exactly 2^20 segments
+        assert!(MerkleTree::new(64, 4).is_err());
+    }
+
+    #[test]
+    fn empty_tree_is_all_zero() {
+        let mut tree = MerkleTree::new(16, 3).unwrap();
+        assert_eq!(tree.root(), ZERO_HASH);
+        assert!(tree.level(3).unwrap().iter().all(|h| *h == ZERO_HASH));
+    }
+
+    #[test]
+    fn matches_the_model_for_every_shape() {
+        for (fanout, depth) in [(2, 1), (2, 5), (4, 3), (16, 2), (16, 3), (256, 1), (32, 2)] {
+            let data = pairs(300, 7);
+            let mut tree = MerkleTree::new(fanout as u64, depth as u64).unwrap();
+            tree.update_many(&borrowed(&data)).unwrap();
+            let model = model_root(fanout, depth, &data);
+            for (d, hashes) in model.iter().enumerate() {
+                assert_eq!(
+                    tree.level(d).unwrap(),
+                    hashes.as_slice(),
+                    "{fanout}/{depth} level {d}"
+                );
+            }
+            assert_eq!(tree.size(), 300);
+        }
+    }
+
+    #[test]
+    fn update_then_remove_restores_the_root() {
+        let data = pairs(500, 1);
+        let mut tree = MerkleTree::new(4, 3).unwrap();
+        tree.rebuild(&borrowed(&data)).unwrap();
+        let before = tree.root();
+        tree.update(b"new key", &[9; 32]).unwrap();
+        assert_ne!(tree.root(), before);
+        tree.remove(b"new key").unwrap();
+        assert_eq!(tree.root(), before);
+        tree.remove(b"absent").unwrap();
+        assert_eq!(tree.root(), before);
+        assert_eq!(tree.size(), 500);
+    }
+
+    #[test]
+    fn single_updates_equal_batches_and_rebuild() {
+        let data = pairs(400, 3);
+        let mut one_by_one = MerkleTree::new(8, 2).unwrap();
+        for (key, digest) in data.iter().rev() {
+            one_by_one.update(key, digest).unwrap();
+        }
+        let mut batch = MerkleTree::new(8, 2).unwrap();
+        batch.update_many(&borrowed(&data)).unwrap();
+        let mut rebuilt = MerkleTree::new(8, 2).unwrap();
+        rebuilt.update_many(&borrowed(&pairs(50, 9))).unwrap();
+        rebuilt.rebuild(&borrowed(&data)).unwrap();
+        assert_eq!(one_by_one.root(), batch.root());
+        assert_eq!(batch.root(), rebuilt.root());
+        assert!(one_by_one.same_contents(&rebuilt));
+        assert_eq!(rebuilt.size(), 400);
+    }
+
+    #[test]
+    fn later_duplicates_win() {
+        let key = b"k".as_slice();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let mut tree = MerkleTree::new(2, 1).unwrap();
+        tree.update_many(&[(key, &a), (key, &b)]).unwrap();
+        assert_eq!(tree.size(), 1);
+        let segment = tree.segment_of(key);
+        let records: Vec<_> = tree
+            .segment(segment)
+            .unwrap()
+            .map(|r| (r.key, r.digest))
+            .collect();
+        assert_eq!(records, vec![(key, b.as_slice())]);
+        tree.rebuild(&[(key, &b), (key, &a)]).unwrap();
+        let records: Vec<_> = tree
+            .segment(segment)
+            .unwrap()
+            .map(|r| (r.key, r.digest))
+            .collect();
+        assert_eq!(records, vec![(key, a.as_slice())]);
+    }
+
+    #[test]
+    fn diff_names_changed_segments() {
+        let data = pairs(200, 5);
+        let mut a = MerkleTree::new(4, 3).unwrap();
+        let mut b = MerkleTree::new(4, 3).unwrap();
+        a.rebuild(&borrowed(&data)).unwrap();
+        b.rebuild(&borrowed(&data)).unwrap();
+        assert!(a.diff(&mut b).unwrap().is_empty());
+        b.update(b"key-3", &[0xAB; 32]).unwrap();
+        b.remove(b"key-17").unwrap();
+        let mut expected = vec![a.segment_of(b"key-3"), a.segment_of(b"key-17")];
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(a.diff(&mut b).unwrap(), expected);
+        let mut other_shape = MerkleTree::new(2, 3).unwrap();
+        assert!(a.diff(&mut other_shape).is_err());
+    }
+
+    #[test]
+    fn bad_depth_and_index_are_errors() {
+        let mut tree = MerkleTree::new(4, 2).unwrap();
+        assert!(tree.level(3).is_err());
+        assert!(tree.hashes(2, &[15]).is_ok());
+        assert!(tree.hashes(2, &[16]).is_err());
+        assert!(tree.hashes(3, &[0]).is_err());
+        assert!(tree.segment(16).is_err());
+    }
+
+    #[test]
+    fn key_words_order_like_the_keys() {
+        let keys: [&[u8]; 9] = [
+            b"",
+            b"\0",
+            b"a",
+            b"ab",
+            b"ab\0",
+            b"abcdefgh",
+            b"abcdefgh\0",
+            b"abcdefghijklmnop",
+            b"abcdefghijklmnop\0",
+        ];
+        for a in keys {
+            for b in keys {
+                if key_words(a) != key_words(b) {
+                    assert_eq!(key_words(a).cmp(&key_words(b)), a.cmp(b), "{a:?} {b:?}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing_tmp {
+    use super::*;
+    fn best(mut f: impl FnMut()) -> std::time::Duration {
+        (0..30)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                f();
+                t.elapsed()
+            })
+            .min()
+            .unwrap()
+    }
+    #[test]
+    #[ignore]
+    fn timing() {
+        let data: Vec<(Vec<u8>, Hash)> = (0..65536u32)
+            .map(|i| (format!("key-{i:08}").into_bytes(), digest(&i.to_le_bytes())))
+            .collect();
+        let pairs: Vec<Pair<'_>> = data.iter().map(|(k, d)| (k.as_slice(), d)).collect();
+        let mut tree = MerkleTree::new(16, 3).unwrap();
+        let msgs: Vec<Vec<u8>> = (0..4096u32).map(|i| vec![i as u8; 768]).collect();
+        let borrowed: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let hl = best(|| {
+            lanes::hash_each(&borrowed, |_, h| {
+                std::hint::black_box(h);
+            });
+        });
+        let fresh = best(|| {
+            let mut tree = MerkleTree::new(16, 3).unwrap();
+            tree.rebuild(&pairs).unwrap();
+        });
+        let fresh_root = best(|| {
+            let mut tree = MerkleTree::new(16, 3).unwrap();
+            tree.rebuild(&pairs).unwrap();
+            tree.root();
+        });
+        let alt: Vec<(Vec<u8>, Hash)> = (0..65536u32)
+            .map(|i| {
+                (
+                    format!("key-{i:08}").into_bytes(),
+                    digest(&(i + 1).to_le_bytes()),
+                )
+            })
+            .collect();
+        let alt: Vec<Pair<'_>> = alt.iter().map(|(k, d)| (k.as_slice(), d)).collect();
+        let mut flip = false;
+        let alternating = best(|| {
+            flip = !flip;
+            tree.rebuild(if flip { &pairs } else { &alt }).unwrap();
+            tree.root();
+        });
+        let new_tree = best(|| {
+            std::hint::black_box(MerkleTree::new(16, 3).unwrap());
+        });
+        println!("lanes4096 {hl:?} new {new_tree:?} fresh rebuild {fresh:?} +root {fresh_root:?} alternating rebuild+root {alternating:?}");
+    }
+}
+#[cfg(test)]
+mod timing_tmp2 {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn timing_fresh() {
+        let data: Vec<(Vec<u8>, Hash)> = (0..65536u32)
+            .map(|i| (format!("key-{i:08}").into_bytes(), digest(&i.to_le_bytes())))
+            .collect();
+        let pairs: Vec<Pair<'_>> = data.iter().map(|(k, d)| (k.as_slice(), d)).collect();
+        for _ in 0..300 {
+            let mut tree = MerkleTree::new(16, 3).unwrap();
+            tree.rebuild(&pairs).unwrap();
+            std::hint::black_box(&tree);
+        }
+    }
+}

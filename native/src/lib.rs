@@ -59,6 +59,7 @@ mod bindings {
             m.add("MIN_DEPTH", core::MIN_DEPTH)?;
             m.add("MAX_DEPTH", core::MAX_DEPTH)?;
             m.add("MAX_SEGMENTS", core::MAX_SEGMENTS)?;
+            m.add("MAX_KEY_SIZE_BYTES", core::MAX_KEY_SIZE_BYTES)?;
             m.add("ZERO_HASH", PyBytes::new(m.py(), &core::ZERO_HASH))?;
             Ok(())
         }
@@ -204,6 +205,29 @@ mod bindings {
         #[pyclass(name = "MerkleTree", module = "dynacore._native.merkle")]
         pub struct PyMerkleTree {
             tree: MerkleTree,
+            /// levels[d]: the hashes at depth d as a list of bytes, kept from one level() call
+            /// to the next until the tree changes (level() then costs a list copy).
+            levels: Vec<Option<Py<PyList>>>,
+        }
+
+        impl PyMerkleTree {
+            fn changed(&mut self) {
+                self.levels.iter_mut().for_each(|cached| *cached = None);
+            }
+
+            /// The hashes at `depth` as a list: the cached one, or a new one that is cached.
+            fn level_list<'py>(
+                &mut self,
+                py: Python<'py>,
+                depth: usize,
+            ) -> PyResult<Bound<'py, PyList>> {
+                if let Some(cached) = &self.levels[depth] {
+                    return Ok(cached.bind(py).clone());
+                }
+                let list = hash_list(py, self.tree.level(depth).map_err(merkle_error)?)?;
+                self.levels[depth] = Some(list.clone().unbind());
+                Ok(list)
+            }
         }
 
         #[pymethods]
@@ -214,7 +238,8 @@ mod bindings {
                 let fanout = check_int("fanout", fanout, 0, i64::MAX)?;
                 let depth = check_int("depth", depth, 0, i64::MAX)?;
                 let tree = MerkleTree::new(fanout as u64, depth as u64).map_err(merkle_error)?;
-                Ok(PyMerkleTree { tree })
+                let levels = (0..=tree.depth()).map(|_| None).collect();
+                Ok(PyMerkleTree { tree, levels })
             }
 
             #[getter]
@@ -248,24 +273,31 @@ mod bindings {
                 digest: &Bound<'_, PyAny>,
             ) -> PyResult<()> {
                 let (key, digest) = (key_arg(key)?, digest_arg(digest)?);
+                self.changed();
                 self.tree.update(key, digest).map_err(merkle_error)
             }
 
             /// Forget `key`; an absent key is a no-op.
             fn remove(&mut self, key: &Bound<'_, PyAny>) -> PyResult<()> {
-                self.tree.remove(key_arg(key)?).map_err(merkle_error)
+                let key = key_arg(key)?;
+                self.changed();
+                self.tree.remove(key).map_err(merkle_error)
             }
 
             /// update() each pair in order; a bad pair raises before any pair is applied.
             fn update_many(slf: &Bound<'_, Self>, pairs: &Bound<'_, PyAny>) -> PyResult<()> {
                 let pairs = materialize(pairs)?;
-                load(&mut slf.borrow_mut().tree, &pairs, false)
+                let mut this = slf.borrow_mut();
+                this.changed();
+                load(&mut this.tree, &pairs, false)
             }
 
             /// Replace the whole content by `pairs` (a later duplicate key wins).
             fn rebuild(slf: &Bound<'_, Self>, pairs: &Bound<'_, PyAny>) -> PyResult<()> {
                 let pairs = materialize(pairs)?;
-                load(&mut slf.borrow_mut().tree, &pairs, true)
+                let mut this = slf.borrow_mut();
+                this.changed();
+                load(&mut this.tree, &pairs, true)
             }
 
             fn root<'py>(&mut self, py: Python<'py>) -> Bound<'py, PyBytes> {
@@ -279,7 +311,8 @@ mod bindings {
                 depth: IntArg,
             ) -> PyResult<Bound<'py, PyList>> {
                 let depth = check_int("depth", depth, 0, self.tree.depth() as i64)?;
-                hash_list(py, self.tree.level(depth).map_err(merkle_error)?)
+                let level = self.level_list(py, depth)?;
+                Ok(level.get_slice(0, level.len()))
             }
 
             /// The hashes at `depth` of the nodes `indexes`, in the order asked.
@@ -310,11 +343,13 @@ mod bindings {
                     let index = index.map_err(type_error)?.extract::<IntArg>()?;
                     wanted.push(check_int("index", index, 0, high)?);
                 }
-                let hashes = slf
-                    .borrow_mut()
-                    .tree
-                    .hashes(depth, &wanted)
-                    .map_err(merkle_error)?;
+                let this = &mut *slf.borrow_mut();
+                if let Some(cached) = &this.levels[depth] {
+                    let level = cached.bind(slf.py());
+                    let items = wanted.iter().map(|&i| level.get_item(i));
+                    return PyList::new(slf.py(), items.collect::<PyResult<Vec<_>>>()?);
+                }
+                let hashes = this.tree.hashes(depth, &wanted).map_err(merkle_error)?;
                 hash_list(slf.py(), &hashes)
             }
 

@@ -87,6 +87,7 @@ fn record_len(key: &[u8]) -> usize {
     LEN_PREFIX_BYTES + key.len() + DIGEST_SIZE_BYTES
 }
 
+/// Appends the record of (key, digest).
 fn push_record(buf: &mut Vec<u8>, key: &[u8], digest: &Hash) {
     debug_assert!(key.len() <= MAX_KEY_SIZE_BYTES);
     buf.extend_from_slice(&(key.len() as u32).to_be_bytes());
@@ -296,9 +297,8 @@ impl Settle {
             }
         }
         let changed = self.merged != old;
-        let buf = &mut tree.segs[segment];
-        buf.clear();
-        buf.extend_from_slice(&self.merged);
+        // The segment takes the merged buffer; its old buffer is the next segment's scratch.
+        std::mem::swap(&mut tree.segs[segment], &mut self.merged);
         tree.size += added;
         if changed {
             tree.mark_dirty(segment);
@@ -406,13 +406,11 @@ impl MerkleTree {
                 stored.copy_from_slice(digest);
             }
             Err(offset) => {
-                let len = record_len(key);
+                // Append, then rotate the new record into its place.
                 let old_len = buf.len();
-                buf.resize(old_len + len, 0);
-                buf.copy_within(offset..old_len, offset + len);
-                let mut record = Vec::with_capacity(len);
-                push_record(&mut record, key, digest);
-                buf[offset..offset + len].copy_from_slice(&record);
+                push_record(buf, key, digest);
+                buf[offset..].rotate_right(record_len(key));
+                debug_assert_eq!(buf.len(), old_len + record_len(key));
                 self.size += 1;
             }
         }
@@ -1268,6 +1266,74 @@ mod tests {
     }
 
     #[test]
+    fn a_loader_dropped_without_commit_changes_nothing() {
+        let data = pairs(300, 2);
+        for replace in [false, true] {
+            let mut tree = MerkleTree::new(4, 2).unwrap();
+            tree.rebuild(&borrowed(&data)).unwrap();
+            let before = (tree.clone(), tree.root());
+            {
+                let mut loader = tree.loader(replace, 10);
+                for (key, digest) in pairs(40, 9).iter() {
+                    loader.push(key, digest).unwrap();
+                }
+            }
+            assert!(tree.same_contents(&before.0));
+            assert_eq!(tree.root(), before.1);
+            assert_eq!(tree.size(), 300);
+        }
+    }
+
+    #[test]
+    fn update_many_merges_into_existing_segments() {
+        let old = pairs(200, 1);
+        let new = pairs(300, 2); // replaces the 200 and adds 100
+        let mut tree = MerkleTree::new(2, 2).unwrap();
+        tree.update_many(&borrowed(&old)).unwrap();
+        tree.root();
+        tree.update_many(&borrowed(&new)).unwrap();
+        assert_eq!(tree.size(), 300);
+        let model = model_root(2, 2, &[old, new].concat());
+        assert_eq!(tree.level(0).unwrap(), model[0].as_slice());
+        assert_eq!(tree.level(2).unwrap(), model[2].as_slice());
+    }
+
+    #[test]
+    fn an_unchanged_rebuild_rehashes_nothing() {
+        let data = pairs(300, 4);
+        let mut tree = MerkleTree::new(16, 2).unwrap();
+        tree.rebuild(&borrowed(&data)).unwrap();
+        let root = tree.root();
+        tree.rebuild(&borrowed(&data)).unwrap();
+        assert!(tree.dirty.is_empty());
+        tree.update_many(&borrowed(&data[..20])).unwrap();
+        assert!(tree.dirty.is_empty());
+        assert_eq!(tree.root(), root);
+    }
+
+    #[test]
+    fn an_all_zero_record_is_not_an_empty_segment() {
+        let mut tree = MerkleTree::new(2, 1).unwrap();
+        tree.update(b"", &ZERO_HASH).unwrap();
+        let segment = tree.segment_of(b"");
+        assert_eq!(tree.level(1).unwrap()[segment], digest_of(&[0u8; 36]));
+        assert_ne!(tree.root(), ZERO_HASH);
+    }
+
+    #[test]
+    fn records_keep_key_order_through_single_updates() {
+        let mut tree = MerkleTree::new(2, 1).unwrap();
+        for key in [&b"m"[..], b"a", b"z", b"ab", b"", b"a\0", b"zz"] {
+            tree.update(key, &[key.len() as u8; 32]).unwrap();
+        }
+        for segment in 0..2 {
+            let keys: Vec<&[u8]> = tree.segment(segment).unwrap().map(|r| r.key).collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "{keys:?}");
+        }
+        assert_eq!(tree.size(), 7);
+    }
+
+    #[test]
     fn key_words_order_like_the_keys() {
         let keys: [&[u8]; 9] = [
             b"",
@@ -1286,82 +1352,6 @@ mod tests {
                     assert_eq!(key_words(a).cmp(&key_words(b)), a.cmp(b), "{a:?} {b:?}");
                 }
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod timing_tmp {
-    use super::*;
-    fn best(mut f: impl FnMut()) -> std::time::Duration {
-        (0..30)
-            .map(|_| {
-                let t = std::time::Instant::now();
-                f();
-                t.elapsed()
-            })
-            .min()
-            .unwrap()
-    }
-    #[test]
-    #[ignore]
-    fn timing() {
-        let data: Vec<(Vec<u8>, Hash)> = (0..65536u32)
-            .map(|i| (format!("key-{i:08}").into_bytes(), digest(&i.to_le_bytes())))
-            .collect();
-        let pairs: Vec<Pair<'_>> = data.iter().map(|(k, d)| (k.as_slice(), d)).collect();
-        let mut tree = MerkleTree::new(16, 3).unwrap();
-        let msgs: Vec<Vec<u8>> = (0..4096u32).map(|i| vec![i as u8; 768]).collect();
-        let borrowed: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
-        let hl = best(|| {
-            lanes::hash_each(&borrowed, |_, h| {
-                std::hint::black_box(h);
-            });
-        });
-        let fresh = best(|| {
-            let mut tree = MerkleTree::new(16, 3).unwrap();
-            tree.rebuild(&pairs).unwrap();
-        });
-        let fresh_root = best(|| {
-            let mut tree = MerkleTree::new(16, 3).unwrap();
-            tree.rebuild(&pairs).unwrap();
-            tree.root();
-        });
-        let alt: Vec<(Vec<u8>, Hash)> = (0..65536u32)
-            .map(|i| {
-                (
-                    format!("key-{i:08}").into_bytes(),
-                    digest(&(i + 1).to_le_bytes()),
-                )
-            })
-            .collect();
-        let alt: Vec<Pair<'_>> = alt.iter().map(|(k, d)| (k.as_slice(), d)).collect();
-        let mut flip = false;
-        let alternating = best(|| {
-            flip = !flip;
-            tree.rebuild(if flip { &pairs } else { &alt }).unwrap();
-            tree.root();
-        });
-        let new_tree = best(|| {
-            std::hint::black_box(MerkleTree::new(16, 3).unwrap());
-        });
-        println!("lanes4096 {hl:?} new {new_tree:?} fresh rebuild {fresh:?} +root {fresh_root:?} alternating rebuild+root {alternating:?}");
-    }
-}
-#[cfg(test)]
-mod timing_tmp2 {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn timing_fresh() {
-        let data: Vec<(Vec<u8>, Hash)> = (0..65536u32)
-            .map(|i| (format!("key-{i:08}").into_bytes(), digest(&i.to_le_bytes())))
-            .collect();
-        let pairs: Vec<Pair<'_>> = data.iter().map(|(k, d)| (k.as_slice(), d)).collect();
-        for _ in 0..300 {
-            let mut tree = MerkleTree::new(16, 3).unwrap();
-            tree.rebuild(&pairs).unwrap();
-            std::hint::black_box(&tree);
         }
     }
 }

@@ -30,6 +30,8 @@ MAX_FANOUT = 256
 MIN_DEPTH = 1
 MAX_DEPTH = 6
 MAX_SEGMENTS = 1 << 20
+# The longest key the `u32` length prefix of a record can encode.
+MAX_KEY_SIZE_BYTES = (1 << 32) - 1
 ZERO_HASH = bytes(DIGEST_SIZE_BYTES)
 
 _xxh3 = xxhash.xxh3_64_intdigest
@@ -43,6 +45,7 @@ __all__ = [
     "DIGEST_SIZE_BYTES",
     "MAX_DEPTH",
     "MAX_FANOUT",
+    "MAX_KEY_SIZE_BYTES",
     "MAX_SEGMENTS",
     "MIN_DEPTH",
     "MIN_FANOUT",
@@ -62,6 +65,8 @@ def digest(data: bytes) -> bytes:
 def _check_key(key: object) -> None:
     if not isinstance(key, bytes):
         raise MerkleError(f"a key must be bytes, got {type(key).__name__}")
+    if len(key) > MAX_KEY_SIZE_BYTES:
+        raise MerkleError(f"a key must be at most {MAX_KEY_SIZE_BYTES} bytes, got {len(key)}")
 
 
 def _check_digest(value: object) -> None:
@@ -101,12 +106,19 @@ def _listed(pairs: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
 def _group(pairs: Iterable[tuple[bytes, bytes]], mask: int) -> dict[int, dict[bytes, bytes]]:
     """Check every pair and group them by segment: {index: {key: digest}}, later pairs win."""
     xxh3 = _xxh3
+    digest_size = DIGEST_SIZE_BYTES
+    longest = MAX_KEY_SIZE_BYTES
     segs: dict[int, dict[bytes, bytes]] = {}
     for pair in _listed(pairs):
         if not isinstance(pair, tuple) or len(pair) != 2:
             raise _pair_error(pair)
         key, value = pair
-        if not isinstance(key, bytes) or not isinstance(value, bytes) or len(value) != 32:
+        if (
+            not isinstance(key, bytes)
+            or not isinstance(value, bytes)
+            or len(value) != digest_size
+            or len(key) > longest
+        ):
             raise _pair_error(pair)
         index = xxh3(key) & mask
         seg = segs.get(index)
@@ -136,12 +148,13 @@ class MerkleTree:
         depth = _check_int("depth", depth, MIN_DEPTH, MAX_DEPTH)
         if fanout & (fanout - 1):
             raise MerkleError(f"fanout must be a power of two, got {fanout}")
-        segments = fanout**depth
+        bits = fanout.bit_length() - 1
+        segments = 1 << (bits * depth)
         if segments > MAX_SEGMENTS:
             raise MerkleError(f"fanout ** depth = {segments} exceeds {MAX_SEGMENTS} segments")
         self._fanout = fanout
         self._depth = depth
-        self._bits = fanout.bit_length() - 1
+        self._bits = bits
         self._segments = segments
         self._mask = segments - 1
         self._zero_block = ZERO_HASH * fanout
@@ -150,7 +163,9 @@ class MerkleTree:
         self._size = 0
         # _levels[d] holds the fanout ** d hashes at depth d; they are exact for every segment
         # not in _dirty, and _flush() brings the rest (and their ancestors) up to date.
-        self._levels: list[list[bytes]] = [[ZERO_HASH] * (fanout**d) for d in range(depth + 1)]
+        self._levels: list[list[bytes]] = [
+            [ZERO_HASH] * (1 << (bits * d)) for d in range(depth + 1)
+        ]
         self._dirty: set[int] = set()
 
     # -- shape ----------------------------------------------------------------------------------

@@ -177,6 +177,8 @@ impl Entry {
 pub struct Loader<'t> {
     tree: &'t mut MerkleTree,
     replace: bool,
+    /// Records on their way to their segment, oldest first (see `Pending`).
+    pending: Pending,
     /// Records a touched segment is expected to receive (room is made for them up front).
     per_segment: usize,
     touched: Vec<Touched>,
@@ -199,13 +201,19 @@ impl Loader<'_> {
             });
             buf.reserve(self.per_segment * record_len(key));
         }
-        push_record(buf, key, digest);
+        if record_len(key) > PENDING_RECORD_BYTES {
+            self.pending.drain(&mut self.tree.segs);
+            push_record(&mut self.tree.segs[segment], key, digest);
+        } else {
+            self.pending.push(&mut self.tree.segs, segment, key, digest);
+        }
         Ok(())
     }
 
     /// Applies every pushed pair (and, for a rebuild, drops every other key).
     pub fn commit(mut self) {
         self.committed = true;
+        self.pending.drain(&mut self.tree.segs);
         let tree = &mut *self.tree;
         if self.replace {
             tree.size = 0;
@@ -234,6 +242,77 @@ impl Drop for Loader<'_> {
     }
 }
 
+/// Records waiting before they are appended to their segment: a record is encoded here, the end
+/// of its segment's buffer is prefetched, and the record is appended PENDING_RECORDS pushes
+/// later, when that memory is in the cache (segments are scattered over megabytes, and a
+/// write miss per pair was a third of a rebuild). First in, first out, so that the later of
+/// two pairs of a key stays later.
+struct Pending {
+    records: [[u8; PENDING_RECORD_BYTES]; PENDING_RECORDS],
+    lens: [usize; PENDING_RECORDS],
+    segments: [usize; PENDING_RECORDS],
+    oldest: usize,
+    count: usize,
+}
+
+const PENDING_RECORDS: usize = 8;
+const PENDING_RECORD_BYTES: usize = 128;
+
+impl Pending {
+    fn new() -> Self {
+        Pending {
+            records: [[0; PENDING_RECORD_BYTES]; PENDING_RECORDS],
+            lens: [0; PENDING_RECORDS],
+            segments: [0; PENDING_RECORDS],
+            oldest: 0,
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, segs: &mut [Vec<u8>], segment: usize, key: &[u8], digest: &Hash) {
+        let len = record_len(key);
+        debug_assert!(len <= PENDING_RECORD_BYTES);
+        prefetch(&segs[segment]);
+        if self.count == PENDING_RECORDS {
+            self.pop(segs);
+        }
+        let slot = (self.oldest + self.count) % PENDING_RECORDS;
+        let record = &mut self.records[slot];
+        record[..LEN_PREFIX_BYTES].copy_from_slice(&(key.len() as u32).to_be_bytes());
+        record[LEN_PREFIX_BYTES..LEN_PREFIX_BYTES + key.len()].copy_from_slice(key);
+        record[LEN_PREFIX_BYTES + key.len()..len].copy_from_slice(digest);
+        self.lens[slot] = len;
+        self.segments[slot] = segment;
+        self.count += 1;
+    }
+
+    fn pop(&mut self, segs: &mut [Vec<u8>]) {
+        debug_assert!(self.count > 0);
+        let slot = self.oldest;
+        segs[self.segments[slot]].extend_from_slice(&self.records[slot][..self.lens[slot]]);
+        self.oldest = (self.oldest + 1) % PENDING_RECORDS;
+        self.count -= 1;
+    }
+
+    fn drain(&mut self, segs: &mut [Vec<u8>]) {
+        while self.count > 0 {
+            self.pop(segs);
+        }
+    }
+}
+
+/// Asks the CPU to bring the end of `buf` (where the next record goes) into the cache.
+fn prefetch(buf: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let end = buf.as_ptr().wrapping_add(buf.len());
+        // SAFETY: a prefetch is a hint: it never faults and reads nothing into the program,
+        // whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(end.cast()) };
+    }
+}
+
 /// The scratch space of `Loader::commit`, reused from segment to segment.
 #[derive(Default)]
 struct Settle {
@@ -256,11 +335,18 @@ impl Settle {
             self.entries.push(Entry { head, tail, offset });
             offset += record.encoded.len();
         }
-        self.entries.sort_by(|a, b| {
+        let key_order = |a: &Entry, b: &Entry| {
             (a.head, a.tail)
                 .cmp(&(b.head, b.tail))
                 .then_with(|| a.record(buf).key.cmp(b.record(buf).key))
-        });
+        };
+        // Pairs read from storage come in key order: then there is nothing to sort.
+        if !self
+            .entries
+            .is_sorted_by(|a, b| key_order(a, b) == Ordering::Less)
+        {
+            self.entries.sort_by(key_order);
+        }
         let same_key = |a: &Entry, b: &Entry| {
             a.head == b.head && a.tail == b.tail && a.record(buf).key == b.record(buf).key
         };
@@ -444,6 +530,7 @@ impl MerkleTree {
         Loader {
             tree: self,
             replace,
+            pending: Pending::new(),
             per_segment,
             touched: Vec::new(),
             touched_bits: vec![0; words],
@@ -597,20 +684,24 @@ impl MerkleTree {
     }
 }
 
-/// BLAKE3 of many messages at once. A message of at most one chunk (1 KiB) is a chain of
-/// compressions that cannot be parallelised inside the message, so short messages are hashed
-/// side by side instead, one per SIMD lane (16 lanes with AVX-512, 8 with AVX2). The compression
-/// follows the BLAKE3 specification; tests check it against the blake3 crate for every length.
-/// Longer messages, and every message on other CPUs, go to `blake3::hash`.
+/// BLAKE3 of many messages at once. Inside a message of at most two chunks (2 KiB) the
+/// compressions form chains that cannot run in parallel, so the chains of many messages run side
+/// by side instead, one per SIMD lane (16 lanes with AVX-512, 8 with AVX2): first every chunk,
+/// then the parent node of each two-chunk message. The compression follows the BLAKE3
+/// specification; tests check every message length against the blake3 crate. Longer messages,
+/// and every message on CPUs without AVX2, go to `blake3::hash`.
+// Without x86_64 there is no kernel, and the compression constants go unused.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub mod lanes {
     use super::Hash;
 
     const CHUNK_LEN: usize = 1024;
     const BLOCK_LEN: usize = 64;
-    /// The most lanes of any implementation.
+    /// The most lanes of any kernel.
     const MAX_LANES: usize = 16;
     const CHUNK_START: u32 = 1;
     const CHUNK_END: u32 = 2;
+    const PARENT: u32 = 4;
     const ROOT: u32 = 8;
     const IV: [u32; 8] = [
         0x6A09_E667,
@@ -645,62 +736,162 @@ pub mod lanes {
         rounds
     }
 
+    /// One chain of compressions: a chunk (at most 1 KiB) or a parent block, with the chunk
+    /// counter and the flags of its first and last block. Its output is a chaining value, or
+    /// the hash when the job is the root.
+    #[derive(Clone, Copy)]
+    pub struct Job<'a> {
+        bytes: &'a [u8],
+        counter: u64,
+        first: u32,
+        last: u32,
+    }
+
+    impl<'a> Job<'a> {
+        fn root_chunk(bytes: &'a [u8]) -> Self {
+            Job {
+                bytes,
+                counter: 0,
+                first: CHUNK_START,
+                last: CHUNK_END | ROOT,
+            }
+        }
+
+        fn chunk(bytes: &'a [u8], counter: u64) -> Self {
+            Job {
+                bytes,
+                counter,
+                first: CHUNK_START,
+                last: CHUNK_END,
+            }
+        }
+
+        fn root_parent(block: &'a [u8; BLOCK_LEN]) -> Self {
+            Job {
+                bytes: block,
+                counter: 0,
+                first: PARENT,
+                last: PARENT | ROOT,
+            }
+        }
+
+        fn blocks(&self) -> usize {
+            self.bytes.len().div_ceil(BLOCK_LEN).max(1)
+        }
+    }
+
+    /// The SIMD kernels this CPU has, best first.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Kernel {
+        #[cfg(target_arch = "x86_64")]
+        Avx512,
+        #[cfg(target_arch = "x86_64")]
+        Avx2,
+    }
+
+    pub fn kernels() -> Vec<Kernel> {
+        let mut found = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                found.push(Kernel::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                found.push(Kernel::Avx2);
+            }
+        }
+        found
+    }
+
     /// Calls `sink(i, blake3(messages[i]))` for every message, in no particular order.
-    pub fn hash_each(messages: &[&[u8]], mut sink: impl FnMut(usize, Hash)) {
-        let mut short: Vec<usize> = Vec::with_capacity(messages.len());
+    pub fn hash_each(messages: &[&[u8]], sink: impl FnMut(usize, Hash)) {
+        let kernel = if messages.len() > 1 {
+            kernels().first().copied()
+        } else {
+            None
+        };
+        hash_each_with(kernel, messages, sink);
+    }
+
+    /// hash_each() with a given kernel (None: `blake3::hash` for every message).
+    pub fn hash_each_with(
+        kernel: Option<Kernel>,
+        messages: &[&[u8]],
+        mut sink: impl FnMut(usize, Hash),
+    ) {
+        let Some(kernel) = kernel else {
+            for (i, message) in messages.iter().enumerate() {
+                sink(i, *blake3::hash(message).as_bytes());
+            }
+            return;
+        };
+        // Jobs of one-chunk messages give their hash; two-chunk messages give two chaining
+        // values, then their parent job gives the hash.
+        let mut jobs: Vec<Job<'_>> = Vec::with_capacity(messages.len());
+        let mut owners: Vec<usize> = Vec::with_capacity(messages.len());
+        let mut split: Vec<(usize, usize)> = Vec::new(); // (message, index of its first job)
         for (i, message) in messages.iter().enumerate() {
             if message.len() <= CHUNK_LEN {
-                short.push(i);
+                jobs.push(Job::root_chunk(message));
+                owners.push(i);
+            } else if message.len() <= 2 * CHUNK_LEN {
+                split.push((i, jobs.len()));
+                let (left, right) = message.split_at(CHUNK_LEN);
+                jobs.extend([Job::chunk(left, 0), Job::chunk(right, 1)]);
+                owners.extend([usize::MAX, usize::MAX]);
             } else {
                 sink(i, *blake3::hash(message).as_bytes());
             }
         }
-        // Messages of equal block counts side by side waste no lane steps.
-        short.sort_unstable_by_key(|&i| blocks(messages[i]));
-        hash_short(messages, &short, &mut sink);
-    }
-
-    fn blocks(message: &[u8]) -> usize {
-        message.len().div_ceil(BLOCK_LEN).max(1)
-    }
-
-    fn hash_short(messages: &[&[u8]], short: &[usize], sink: &mut impl FnMut(usize, Hash)) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if short.len() > 1 && std::arch::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the CPU has AVX-512F, checked just above.
-                return unsafe { x86::hash_short_avx512(messages, short, sink) };
-            }
-            if short.len() > 1 && std::arch::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2, checked just above.
-                return unsafe { x86::hash_short_avx2(messages, short, sink) };
+        let mut out = vec![[0u8; 32]; jobs.len()];
+        run(kernel, &jobs, &mut out);
+        for (job, &owner) in owners.iter().enumerate() {
+            if owner != usize::MAX {
+                sink(owner, out[job]);
             }
         }
-        hash_short_portable(messages, short, sink);
+        let blocks: Vec<[u8; BLOCK_LEN]> = split
+            .iter()
+            .map(|&(_, first)| {
+                let mut block = [0u8; BLOCK_LEN];
+                block[..32].copy_from_slice(&out[first]);
+                block[32..].copy_from_slice(&out[first + 1]);
+                block
+            })
+            .collect();
+        let parents: Vec<Job<'_>> = blocks.iter().map(Job::root_parent).collect();
+        let mut roots = vec![[0u8; 32]; parents.len()];
+        run(kernel, &parents, &mut roots);
+        for (&(message, _), root) in split.iter().zip(roots) {
+            sink(message, root);
+        }
     }
 
-    fn hash_short_portable(
-        messages: &[&[u8]],
-        short: &[usize],
-        sink: &mut impl FnMut(usize, Hash),
-    ) {
-        for &i in short {
-            sink(i, *blake3::hash(messages[i]).as_bytes());
+    /// out[i] = the output of jobs[i], jobs of equal block counts side by side.
+    fn run(kernel: Kernel, jobs: &[Job<'_>], out: &mut [Hash]) {
+        debug_assert_eq!(jobs.len(), out.len());
+        let mut order: Vec<usize> = (0..jobs.len()).collect();
+        order.sort_unstable_by_key(|&i| jobs[i].blocks());
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `kernels()` found AVX-512F on this CPU.
+            Kernel::Avx512 => unsafe { x86::run_avx512(jobs, &order, out) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `kernels()` found AVX2 on this CPU.
+            Kernel::Avx2 => unsafe { x86::run_avx2(jobs, &order, out) },
         }
     }
 
     /// The SIMD lane kernels (x86_64 only).
     #[cfg(target_arch = "x86_64")]
-    pub mod x86 {
+    mod x86 {
         use std::arch::x86_64::*;
 
-        use super::{
-            blocks, Hash, BLOCK_LEN, CHUNK_END, CHUNK_START, IV, MAX_LANES, ROOT, SCHEDULE,
-        };
+        use super::{Hash, Job, BLOCK_LEN, IV, MAX_LANES, SCHEDULE};
 
         /// One u32 per lane. Implementations are only called from functions compiled with their
-        /// target feature (`hash_short_avx512`, `hash_short_avx2`), which is what makes every
-        /// method's `unsafe` sound: the caller guarantees the CPU feature.
+        /// target feature (`run_avx512`, `run_avx2`), which is what makes every method's
+        /// `unsafe` sound: the caller guarantees the CPU feature.
         trait Lanes: Copy {
             const LANES: usize;
             unsafe fn splat(x: u32) -> Self;
@@ -840,58 +1031,52 @@ pub mod lanes {
         /// # Safety
         /// The CPU must have AVX-512F.
         #[target_feature(enable = "avx512f")]
-        pub unsafe fn hash_short_avx512(
-            messages: &[&[u8]],
-            short: &[usize],
-            sink: &mut impl FnMut(usize, Hash),
-        ) {
-            for group in short.chunks(Avx512::LANES) {
+        pub unsafe fn run_avx512(jobs: &[Job<'_>], order: &[usize], out: &mut [Hash]) {
+            for group in order.chunks(Avx512::LANES) {
                 // SAFETY: this function has AVX-512F.
-                unsafe { hash_group::<Avx512>(messages, group, sink) };
+                unsafe { run_group::<Avx512>(jobs, group, out) };
             }
         }
 
         /// # Safety
         /// The CPU must have AVX2.
         #[target_feature(enable = "avx2")]
-        pub unsafe fn hash_short_avx2(
-            messages: &[&[u8]],
-            short: &[usize],
-            sink: &mut impl FnMut(usize, Hash),
-        ) {
-            for group in short.chunks(Avx2::LANES) {
+        pub unsafe fn run_avx2(jobs: &[Job<'_>], order: &[usize], out: &mut [Hash]) {
+            for group in order.chunks(Avx2::LANES) {
                 // SAFETY: this function has AVX2.
-                unsafe { hash_group::<Avx2>(messages, group, sink) };
+                unsafe { run_group::<Avx2>(jobs, group, out) };
             }
         }
 
-        /// Hashes up to V::LANES one-chunk messages, one per lane. A lane whose message has
-        /// fewer blocks than the longest of the group hands its hash out after its last block
-        /// and then computes garbage that nobody reads.
+        /// Runs up to V::LANES jobs, one per lane. A lane whose job has fewer blocks than the
+        /// longest of the group writes its output after its last block and then computes
+        /// garbage that nobody reads.
         #[inline(always)]
-        unsafe fn hash_group<V: Lanes>(
-            messages: &[&[u8]],
-            group: &[usize],
-            sink: &mut impl FnMut(usize, Hash),
-        ) {
+        unsafe fn run_group<V: Lanes>(jobs: &[Job<'_>], group: &[usize], out: &mut [Hash]) {
             debug_assert!(!group.is_empty() && group.len() <= V::LANES);
             let mut blocks_of = [0usize; MAX_LANES];
-            for (lane, &i) in group.iter().enumerate() {
-                blocks_of[lane] = blocks(messages[i]);
+            let mut counter_low = [0u32; MAX_LANES];
+            let mut counter_high = [0u32; MAX_LANES];
+            for (lane, &j) in group.iter().enumerate() {
+                blocks_of[lane] = jobs[j].blocks();
+                counter_low[lane] = jobs[j].counter as u32;
+                counter_high[lane] = (jobs[j].counter >> 32) as u32;
             }
             let steps = blocks_of.iter().copied().max().unwrap_or(0);
             // SAFETY (every call below): the caller compiled us with V's target feature.
             let mut cv: [V; 8] = IV.map(|word| unsafe { V::splat(word) });
+            let counter = unsafe { [V::load(&counter_low), V::load(&counter_high)] };
             // rows[lane][w]: word w of the lane's current block.
             let mut rows = [[0u32; 16]; MAX_LANES];
             for step in 0..steps {
                 let mut block_len = [BLOCK_LEN as u32; MAX_LANES];
-                let mut flags = [if step == 0 { CHUNK_START } else { 0 }; MAX_LANES];
-                for (lane, &i) in group.iter().enumerate() {
+                let mut flags = [0u32; MAX_LANES];
+                for (lane, &j) in group.iter().enumerate() {
                     if step >= blocks_of[lane] {
                         continue;
                     }
-                    let rest = &messages[i][step * BLOCK_LEN..];
+                    let job = &jobs[j];
+                    let rest = &job.bytes[step * BLOCK_LEN..];
                     let taken = rest.len().min(BLOCK_LEN);
                     let mut padded = [0u8; BLOCK_LEN];
                     padded[..taken].copy_from_slice(&rest[..taken]);
@@ -899,38 +1084,40 @@ pub mod lanes {
                         *word = u32::from_le_bytes(bytes.try_into().expect("4 bytes"));
                     }
                     block_len[lane] = taken as u32;
+                    if step == 0 {
+                        flags[lane] |= job.first;
+                    }
                     if step + 1 == blocks_of[lane] {
-                        flags[lane] |= CHUNK_END | ROOT;
+                        flags[lane] |= job.last;
                     }
                 }
                 let block: [V; 16] = std::array::from_fn(|w| unsafe { V::column(&rows, w) });
                 unsafe {
-                    compress(&mut cv, &block, V::load(&block_len), V::load(&flags));
+                    let state = [counter[0], counter[1], V::load(&block_len), V::load(&flags)];
+                    compress(&mut cv, &block, state);
                 }
                 if (0..group.len()).all(|lane| step + 1 != blocks_of[lane]) {
                     continue;
                 }
                 let mut words = [[0u32; MAX_LANES]; 8];
-                for (word, out) in cv.iter().zip(words.iter_mut()) {
-                    unsafe { word.store(out) };
+                for (word, stored) in cv.iter().zip(words.iter_mut()) {
+                    unsafe { word.store(stored) };
                 }
-                for (lane, &i) in group.iter().enumerate() {
+                for (lane, &j) in group.iter().enumerate() {
                     if step + 1 == blocks_of[lane] {
-                        let mut hash = [0u8; 32];
-                        for (w, out) in hash.chunks_exact_mut(4).enumerate() {
-                            out.copy_from_slice(&words[w][lane].to_le_bytes());
+                        for (w, bytes) in out[j].chunks_exact_mut(4).enumerate() {
+                            bytes.copy_from_slice(&words[w][lane].to_le_bytes());
                         }
-                        sink(i, hash);
                     }
                 }
             }
         }
 
-        /// One BLAKE3 compression in every lane (chunk counter 0), into `cv`.
+        /// One BLAKE3 compression in every lane, into `cv`; `tail` holds the state words 12..16
+        /// (counter low and high, block length, flags).
         #[inline(always)]
-        unsafe fn compress<V: Lanes>(cv: &mut [V; 8], block: &[V; 16], block_len: V, flags: V) {
+        unsafe fn compress<V: Lanes>(cv: &mut [V; 8], block: &[V; 16], tail: [V; 4]) {
             unsafe {
-                let zero = V::splat(0);
                 let mut v = [
                     cv[0],
                     cv[1],
@@ -944,10 +1131,10 @@ pub mod lanes {
                     V::splat(IV[1]),
                     V::splat(IV[2]),
                     V::splat(IV[3]),
-                    zero,
-                    zero,
-                    block_len,
-                    flags,
+                    tail[0],
+                    tail[1],
+                    tail[2],
+                    tail[3],
                 ];
                 round::<V, 0>(&mut v, block);
                 round::<V, 1>(&mut v, block);
@@ -998,61 +1185,32 @@ pub mod lanes {
     mod tests {
         use super::*;
 
-        type Kernel = fn(&[&[u8]], &[usize], &mut dyn FnMut(usize, Hash));
-
-        /// Every kernel this CPU can run, by name.
-        fn kernels() -> Vec<(&'static str, Kernel)> {
-            let mut found: Vec<(&'static str, Kernel)> = vec![("portable", |m, s, sink| {
-                hash_short_portable(m, s, &mut |i, h| sink(i, h))
-            })];
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    found.push(("avx512", |m, s, sink| {
-                        // SAFETY: the CPU has AVX-512F, checked above.
-                        unsafe { x86::hash_short_avx512(m, s, &mut |i, h| sink(i, h)) }
-                    }));
-                }
-                if std::arch::is_x86_feature_detected!("avx2") {
-                    found.push(("avx2", |m, s, sink| {
-                        // SAFETY: the CPU has AVX2, checked above.
-                        unsafe { x86::hash_short_avx2(m, s, &mut |i, h| sink(i, h)) }
-                    }));
-                }
-            }
-            found
-        }
-
+        /// Every kernel of this CPU, and none, hash like the blake3 crate.
         fn check(messages: &[Vec<u8>]) {
             let borrowed: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
             let expected: Vec<Hash> = messages
                 .iter()
                 .map(|m| *blake3::hash(m).as_bytes())
                 .collect();
-            let mut got = vec![None; messages.len()];
-            hash_each(&borrowed, |i, hash| {
-                assert!(got[i].replace(hash).is_none(), "message {i} hashed twice");
-            });
-            let got: Vec<Hash> = got
-                .into_iter()
-                .map(|h| h.expect("every message hashed"))
-                .collect();
-            assert_eq!(got, expected);
-            let short: Vec<usize> = (0..messages.len())
-                .filter(|&i| messages[i].len() <= CHUNK_LEN)
-                .collect();
-            for (name, kernel) in kernels() {
+            let mut choices: Vec<Option<Kernel>> = kernels().into_iter().map(Some).collect();
+            choices.push(None);
+            for kernel in choices {
                 let mut got = vec![None; messages.len()];
-                kernel(&borrowed, &short, &mut |i, h| got[i] = Some(h));
-                for &i in &short {
+                hash_each_with(kernel, &borrowed, |i, hash| {
+                    assert!(got[i].replace(hash).is_none(), "message {i} hashed twice");
+                });
+                for (i, hash) in got.iter().enumerate() {
                     assert_eq!(
-                        got[i],
+                        *hash,
                         Some(expected[i]),
-                        "{name}, length {}",
+                        "{kernel:?}, length {}",
                         messages[i].len()
                     );
                 }
             }
+            let mut got = vec![None; messages.len()];
+            hash_each(&borrowed, |i, hash| got[i] = Some(hash));
+            assert!(got.iter().zip(&expected).all(|(g, e)| *g == Some(*e)));
         }
 
         fn bytes(len: usize, seed: u32) -> Vec<u8> {
@@ -1062,9 +1220,9 @@ pub mod lanes {
         }
 
         #[test]
-        fn every_length_up_to_two_chunks_matches_blake3() {
+        fn every_length_up_to_three_chunks_matches_blake3() {
             check(
-                &(0..=2 * CHUNK_LEN + 1)
+                &(0..=3 * CHUNK_LEN + 1)
                     .map(|len| bytes(len, len as u32))
                     .collect::<Vec<_>>(),
             );
@@ -1073,13 +1231,22 @@ pub mod lanes {
         #[test]
         fn mixed_lengths_in_one_group_match_blake3() {
             let lens = [
-                0, 1, 63, 64, 65, 127, 128, 500, 1023, 1024, 1025, 7, 64, 960, 3, 2000, 31,
+                0, 1, 63, 64, 65, 127, 128, 500, 1023, 1024, 1025, 7, 64, 960, 3, 2000, 31, 2048,
+                2049, 1088, 5000,
             ];
             let messages: Vec<Vec<u8>> = lens.iter().map(|&l| bytes(l, l as u32 * 7)).collect();
             check(&messages);
             check(&messages[..1]);
             check(&messages[..5]);
             check(&[]);
+        }
+
+        #[test]
+        fn a_kernel_is_found_on_x86_64_with_avx2() {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                assert!(kernels().contains(&Kernel::Avx2));
+            }
         }
     }
 }

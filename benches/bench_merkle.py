@@ -35,6 +35,9 @@ def make_pairs(salt: bytes) -> Pairs:
 
 PAIRS_A = make_pairs(b"a")
 PAIRS_B = make_pairs(b"b")  # same keys, every digest different
+# The same pairs out of key order (as from a hash map rather than a storage scan).
+SHUFFLED_A = sorted(PAIRS_A, key=lambda pair: pair[1])
+SHUFFLED_B = sorted(PAIRS_B, key=lambda pair: pair[1])
 
 
 class Blake3Baseline:
@@ -86,9 +89,9 @@ class Blake3Baseline:
         return bytes(32) if not any(block) else blake3.blake3(block).digest()
 
 
-def alternating_rebuild(tree: Any) -> Callable[[], bytes]:
+def alternating_rebuild(tree: Any, shuffled: bool = False) -> Callable[[], bytes]:
     """rebuild + root, switching between two pair sets so that every segment really changes."""
-    pair_sets = cycle([PAIRS_A, PAIRS_B])
+    pair_sets = cycle([SHUFFLED_A, SHUFFLED_B] if shuffled else [PAIRS_A, PAIRS_B])
 
     def run() -> bytes:
         tree.rebuild(next(pair_sets))
@@ -133,7 +136,7 @@ def label(benchmark: Any, group: str, impl: str) -> None:
     benchmark.extra_info["impl"] = impl
 
 
-# -- rebuild: 2 ** 16 pairs, then the root ---------------------------------------------------------
+# -- rebuild: 2 ** 16 pairs in key order (as a storage scan gives them), then the root -------------
 
 
 def test_rebuild(benchmark: Any, backend: _backend.Backend) -> None:
@@ -147,6 +150,18 @@ def test_rebuild_baseline(benchmark: Any) -> None:
     tree = Blake3Baseline()
     # The baseline does the same work: it finds the same roots.
     assert benchmark(alternating_rebuild(tree)) in expected_roots()
+
+
+def test_rebuild_shuffled(benchmark: Any, backend: _backend.Backend) -> None:
+    label(benchmark, "rebuild_shuffled", backend.name)
+    tree = backend.merkle.MerkleTree(FANOUT, DEPTH)
+    assert benchmark(alternating_rebuild(tree, shuffled=True)) in expected_roots()
+
+
+def test_rebuild_shuffled_baseline(benchmark: Any) -> None:
+    label(benchmark, "rebuild_shuffled", BASELINE)
+    tree = Blake3Baseline()
+    assert benchmark(alternating_rebuild(tree, shuffled=True)) in expected_roots()
 
 
 # -- one update, then the root ---------------------------------------------------------------------

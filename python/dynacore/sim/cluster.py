@@ -27,14 +27,14 @@ from dynacore.membership import Membership
 from dynacore.net.simnet import SimFaults, SimNetwork
 from dynacore.node import Node, open_node
 from dynacore.sim.checker import ReplicaState
+from dynacore.sim.faults import CALM_DELAY_MAX_S, MIN_DELAY_S
 from dynacore.sim.workload import union_of
 from dynacore.storage import MemoryDisk, MemoryEngine, open_memory_engine
 
 PORT = 7000
 CLIENT_PORT = 1
 EPOCH_MS = 1_700_000_000_000  # simulated wall clocks start here (plus each node's skew)
-CALM = SimFaults(drop_probability=0.0, duplicate_probability=0.0, delay_min_s=0.0005,
-                 delay_max_s=0.002)  # fmt: skip
+CALM = SimFaults(delay_min_s=MIN_DELAY_S, delay_max_s=CALM_DELAY_MAX_S)
 MAX_NODES = 64
 MAX_CLIENTS = 256
 DATA_DB = "data"

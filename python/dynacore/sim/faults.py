@@ -2,7 +2,7 @@
 `random.Random(seed)`, and the loop that applies them to a cluster (`run_schedule`).
 
 The menu (issue 5): message drop 0–30 %, duplication 0–50 %, delay and reorder 0–100 ms (the
-network "weather", which may change during a run); partitions — symmetric majority/minority,
+network "weather", in episodes between calm spells); partitions — symmetric majority/minority,
 isolate one node, one-way — each healed after an episode; node crash and restart; node data wipe
 (the node comes back on an empty disk, so with a new epoch and actor id; at most one per run, the
 most a replication factor of 3 with w = 2 is meant to survive without anti-entropy); clock skew of
@@ -29,11 +29,11 @@ MAX_DROP_PROBABILITY = 0.30
 MAX_DUPLICATE_PROBABILITY = 0.50
 MIN_DELAY_S = 0.0005
 MAX_DELAY_S = 0.100
+CALM_DELAY_MAX_S = 0.002  # the delay of a calm network (and of the liveness phase)
 MAX_SKEW_MS = 60_000
 MIN_DISK_DELAY_S = 0.005
 MAX_DISK_DELAY_S = 0.5
 KIND_PROBABILITY = 0.6  # each fault kind is on in about this share of seeds
-MAX_WEATHER_CHANGES = 3
 MAX_EPISODES = 6  # per episodic kind (partitions, crashes, slow disks)
 EPISODE_MIN_S = 0.5
 EPISODE_MAX_S = 12.0
@@ -91,7 +91,7 @@ class Weather:
     def kinds(self) -> tuple[str, ...]:
         named = (("drop", self.drop), ("duplicate", self.duplicate), ("delay", self.delay_max_s))
         return tuple(
-            name for name, value in named if value > (MIN_DELAY_S if name == "delay" else 0)
+            name for name, value in named if value > (CALM_DELAY_MAX_S if name == "delay" else 0)
         )
 
     async def apply(self, target: FaultTarget) -> None:
@@ -184,6 +184,8 @@ class SlowDisk:
         target.set_disk_delay(self.node, self.delay_s)
 
 
+CALM_WEATHER = Weather(drop=0.0, duplicate=0.0, delay_max_s=CALM_DELAY_MAX_S)
+
 Action = Weather | Partition | Heal | Crash | Restart | Skew | SlowDisk
 
 
@@ -246,28 +248,30 @@ def choose_schedule(seed: int, nodes: Sequence[str], safety_s: float) -> FaultSc
 
 
 def _weather(rng: random.Random, safety_s: float) -> list[FaultEvent]:
-    changes = rng.randint(1, MAX_WEATHER_CHANGES)
-    times = [0.0, *sorted(rng.uniform(0, safety_s) for _ in range(changes - 1))]
+    """Episodes of bad weather, each followed by a calm spell (so that heavy loss does not
+    starve the workload for the whole phase). A kind that is off stays off all run."""
     drop_on, dup_on, delay_on = (rng.random() < 0.7 for _ in range(3))
-    return [
-        FaultEvent(
-            at_s,
-            Weather(
-                drop=rng.uniform(0, MAX_DROP_PROBABILITY) if drop_on else 0.0,
-                duplicate=rng.uniform(0, MAX_DUPLICATE_PROBABILITY) if dup_on else 0.0,
-                delay_max_s=rng.uniform(MIN_DELAY_S, MAX_DELAY_S) if delay_on else MIN_DELAY_S,
-            ),
+    events: list[FaultEvent] = []
+    for start, end in _episodes(rng, safety_s, long=True):
+        bad = Weather(
+            drop=rng.uniform(0, MAX_DROP_PROBABILITY) if drop_on else 0.0,
+            duplicate=rng.uniform(0, MAX_DUPLICATE_PROBABILITY) if dup_on else 0.0,
+            delay_max_s=rng.uniform(MIN_DELAY_S, MAX_DELAY_S) if delay_on else MIN_DELAY_S,
         )
-        for at_s in times
-    ]
+        events.append(FaultEvent(start, bad))
+        events.append(FaultEvent(end, CALM_WEATHER))
+    return events
 
 
-def _episodes(rng: random.Random, safety_s: float) -> list[tuple[float, float]]:
-    """Non-overlapping (start, end) windows inside the safety phase."""
+def _episodes(
+    rng: random.Random, safety_s: float, *, long: bool = False
+) -> list[tuple[float, float]]:
+    """Non-overlapping (start, end) windows inside the safety phase (long: up to 2x longer)."""
     out: list[tuple[float, float]] = []
     t = rng.uniform(0, min(GAP_MAX_S, safety_s / 2))
+    longest_s = EPISODE_MAX_S * (2 if long else 1)
     for _ in range(rng.randint(1, MAX_EPISODES)):
-        end = t + rng.uniform(EPISODE_MIN_S, EPISODE_MAX_S)
+        end = t + rng.uniform(EPISODE_MIN_S, longest_s)
         if t >= safety_s:
             break
         out.append((t, min(end, safety_s)))

@@ -18,7 +18,8 @@ version set that every replica of the key stores. `check` then reports:
 - failed-but-present and unexpected: elements that should not be there at all;
 - convergence: every replica of a key stores the same bytes, and every replica of a partition has
   the same Merkle root (when the harness supplies roots);
-- siblings: the largest sibling count seen (during the run and at the end) against the limit.
+- siblings: the largest sibling count seen (during the run and at the end) against the bound
+  the caller sets (the simulator's: n × siblings_max, see ClusterConfig.siblings_bound).
 
 No I/O, no clocks, no randomness: the same inputs give the same result.
 """

@@ -69,6 +69,13 @@ class ClusterConfig:
     def node_ids(self) -> list[str]:
         return [f"n{i + 1}" for i in range(self.nodes)]
 
+    def siblings_bound(self) -> int:
+        """The most siblings a stored or read set may hold. siblings_max refuses client writes
+        only (TooManySiblings); replication never refuses, so the sets of n replicas that each
+        accepted writes up to the limit on their own (a partition) merge into up to n times it.
+        """
+        return self.siblings_max * self.n
+
 
 def address_of(node_id: str) -> str:
     return f"{node_id}:{PORT}"

@@ -241,7 +241,7 @@ async def _final_state(
     return FinalState(
         reads=reads,
         replicas={key: cluster.replica_states(key) for key in keys},
-        siblings_limit=config.cluster.siblings_max,
+        siblings_limit=config.cluster.siblings_bound(),
         max_siblings_seen=workload.stats.max_siblings_seen,
         merkle_roots=cluster.merkle_roots(),
     )

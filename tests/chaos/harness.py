@@ -214,8 +214,11 @@ async def wait_ready(node: LocalNode, timeout_s: float) -> None:
 
 
 async def stop_nodes(nodes: Sequence[LocalNode]) -> list[int | None]:
+    codes: list[int | None] = []
     with trio.CancelScope(shield=True):
-        return [await trio.to_thread.run_sync(node.stop) for node in nodes]
+        for node in nodes:
+            codes.append(await trio.to_thread.run_sync(node.stop))
+    return codes
 
 
 async def kill_node(node: LocalNode) -> None:

@@ -32,7 +32,7 @@ def replay_hash(backend: str) -> str:
         argv, env=env, capture_output=True, text=True, timeout=REPLAY_TIMEOUT_S, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    found = re.findall(r"trace hash ([0-9a-f]{32})", done.stdout)
+    found: list[str] = re.findall(r"trace hash ([0-9a-f]{32})", done.stdout)
     assert len(found) == 1, done.stdout
     return found[0]
 

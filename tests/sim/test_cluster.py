@@ -132,3 +132,11 @@ def test_bad_cluster_config() -> None:
         ClusterConfig(nodes=0)
     with pytest.raises(ConfigError):
         ClusterConfig(nodes=2, n=3)
+    with pytest.raises(ConfigError):
+        ClusterConfig(partitions=12)
+    with pytest.raises(ConfigError):
+        ClusterConfig(request_timeout_s=0.0)
+    with pytest.raises(ConfigError):
+        ClusterConfig(siblings_max=0)
+    with pytest.raises(ConfigError):
+        ClusterConfig(unsynced_batches=0)

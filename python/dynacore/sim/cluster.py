@@ -37,6 +37,8 @@ EPOCH_MS = 1_700_000_000_000  # simulated wall clocks start here (plus each node
 CALM = SimFaults(delay_min_s=MIN_DELAY_S, delay_max_s=CALM_DELAY_MAX_S)
 MAX_NODES = 64
 MAX_CLIENTS = 256
+MAX_PARTITIONS = 1 << 16
+MAX_UNSYNCED_BATCHES = 1 << 16
 DATA_DB = "data"
 
 
@@ -58,6 +60,12 @@ class ClusterConfig:
             raise ConfigError(f"nodes must be in [1, {MAX_NODES}], got {self.nodes}")
         if not 1 <= self.n <= self.nodes:
             raise ConfigError(f"n must be in [1, nodes={self.nodes}], got {self.n}")
+        q = self.partitions
+        if not 1 <= q <= MAX_PARTITIONS or q & (q - 1):
+            raise ConfigError(f"partitions must be a power of two in [1, {MAX_PARTITIONS}]")
+        if not 1 <= self.unsynced_batches <= MAX_UNSYNCED_BATCHES:
+            raise ConfigError(f"unsynced_batches must be in [1, {MAX_UNSYNCED_BATCHES}]")
+        self.limits()  # ConfigError for a bad timeout or sibling limit
 
     def limits(self) -> Limits:
         return Limits(

@@ -46,8 +46,12 @@ wheel-test: build
 
 test: lint rust-check pytest wheel-test
 
+# Every benchmark on every backend beside its outside baselines, then one table of ratios.
 bench: build
-	$(PY) -m pytest benches -q --benchmark-columns=median,ops --benchmark-sort=name
+	mkdir -p build
+	$(PY) -m pytest benches -q --benchmark-columns=median,ops \
+		--benchmark-sort=name --benchmark-json=build/bench.json $(BENCH_ARGS)
+	$(PY) benches/report.py build/bench.json
 
 clean:
 	rm -rf $(VENV) build dist native/target python/dynacore/*.so python/dynacore/_cy/*.so

@@ -106,5 +106,15 @@ else:
     merkle = _current.merkle
     wire = _current.wire
 
-__all__ = ["BACKENDS", "Backend", "available", "backend", "load", "merkle", "ring", "select",
-           "versions", "wire"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "available",
+    "backend",
+    "load",
+    "merkle",
+    "ring",
+    "select",
+    "versions",
+    "wire",
+]

@@ -51,9 +51,13 @@ class Limits:
         _check_range("siblings_max", self.siblings_max, 1, 100_000)
         _check_range("in_flight_per_peer", self.in_flight_per_peer, 1, 1 << 20)
         if not 0.0 < self.request_timeout_s <= 3600.0:
-            raise ConfigError(f"request_timeout_s must be in (0, 3600], got {self.request_timeout_s}")
+            raise ConfigError(
+                f"request_timeout_s must be in (0, 3600], got {self.request_timeout_s}"
+            )
         if self.frame_size_bytes < self.value_size_bytes + self.key_size_bytes + 64 * KIB:
-            raise ConfigError("frame_size_bytes must exceed value_size_bytes + key_size_bytes + 64 KiB")
+            raise ConfigError(
+                "frame_size_bytes must exceed value_size_bytes + key_size_bytes + 64 KiB"
+            )
 
 
 def _check_range(name: str, value: int, low: int, high: int) -> None:

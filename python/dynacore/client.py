@@ -52,7 +52,7 @@ class GetResult:
     def value(self) -> bytes | None:
         """The single value, None when absent; ValueError when there are siblings."""
         if len(self.values) > 1:
-            raise ValueError(f"{len(self.values)} siblings: resolve them (resolve_lww/resolve_with)")
+            raise ValueError(f"{len(self.values)} siblings: resolve them first (resolve_lww)")
         return self.values[0] if self.values else None
 
 

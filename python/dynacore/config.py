@@ -52,7 +52,7 @@ def resolve_quorum(spec: QuorumSpec | None, n: int, *, default: QuorumSpec = "qu
 
 
 def check_quorum_spec(spec: object) -> QuorumSpec:
-    """`spec` if it is a well-formed quorum spec (not yet resolved against an n), else ConfigError."""
+    """`spec` if it is a well-formed quorum spec (not resolved against an n), else ConfigError."""
     if isinstance(spec, bool) or not isinstance(spec, str | int):
         raise ConfigError(f"a quorum is 'one', 'quorum', 'all' or an integer, got {spec!r}")
     if isinstance(spec, int):

@@ -94,14 +94,25 @@ class PeerHealth:
 
 @dataclass
 class _Acks:
+    """Durable acks of one put; `settled` fires once w is reached or can no longer be."""
+
     required: int
+    pending: int
     count: int = 0
-    reached: trio.Event = field(default_factory=trio.Event)
+    settled: trio.Event = field(default_factory=trio.Event)
 
     def add(self) -> None:
         self.count += 1
-        if self.count >= self.required:
-            self.reached.set()
+        self._step()
+
+    def fail(self) -> None:
+        self._step()
+
+    def _step(self) -> None:
+        self.pending -= 1
+        assert self.pending >= 0
+        if self.count >= self.required or self.count + self.pending < self.required:
+            self.settled.set()
 
 
 @dataclass
@@ -234,12 +245,12 @@ class Coordinator:
     async def _replicate(
         self, stored_key: bytes, new_set: bytes, peers: list[str], required: int
     ) -> None:
-        acks = _Acks(required)
+        acks = _Acks(required=required, pending=len(peers) + 1)
         acks.add()  # the local durable commit
         for peer in peers:
             self._background.start_soon(self._replica_put_remote, peer, stored_key, new_set, acks)
         with trio.move_on_after(self.timeout_s):
-            await acks.reached.wait()
+            await acks.settled.wait()
         if acks.count < required:
             raise QuorumNotMet(
                 f"put: {acks.count} of the {required} required replicas acknowledged in time",
@@ -260,8 +271,12 @@ class Coordinator:
                 reply = await self._call(peer, messages.REPLICA_PUT, fields, self.timeout_s)
         except DynacoreError as exc:
             log.warning("replica put to %s failed: %r", peer, exc)
+            reply = None
+        if acks is None:
             return
-        if reply is not None and acks is not None:
+        if reply is None:
+            acks.fail()
+        else:
             acks.add()
 
     async def _forward(

@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import trio
 
@@ -138,7 +138,7 @@ class Node:
         await self.coordinator.replica_put(stored_key, incoming)
         return []
 
-    _handlers: dict[int, Callable[[Node, list[Any]], Any]] = {
+    _handlers: ClassVar[dict[int, Callable[[Node, list[Any]], Any]]] = {
         messages.CLIENT_GET: _client_get,
         messages.CLIENT_PUT: _client_put,
         messages.CLIENT_DELETE: _client_delete,
@@ -252,9 +252,7 @@ async def open_node(
                 nursery.cancel_scope.cancel()
 
 
-def run_node_forever(
-    config: NodeConfig, *, on_ready: Callable[[str], None] | None = None
-) -> None:
+def run_node_forever(config: NodeConfig, *, on_ready: Callable[[str], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly (the CLI's `serve`).
 
     `on_ready(address)` is called once the node listens (the CLI prints it; tests read it).
@@ -262,9 +260,7 @@ def run_node_forever(
     trio.run(_serve_until_signal, config, on_ready)
 
 
-async def _serve_until_signal(
-    config: NodeConfig, on_ready: Callable[[str], None] | None
-) -> None:
+async def _serve_until_signal(config: NodeConfig, on_ready: Callable[[str], None] | None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_node(config) as node:
             if on_ready is not None:

@@ -94,7 +94,9 @@ def encode_envelope(
 def decode_envelope(raw: bytes) -> Envelope:
     """Decode one stored value; VersionError when it is not an envelope."""
     if len(raw) < HEADER_SIZE:
-        raise VersionError(f"envelope is {len(raw)} bytes, shorter than its {HEADER_SIZE}-byte header")
+        raise VersionError(
+            f"envelope of {len(raw)} bytes is shorter than its {HEADER_SIZE}-byte header"
+        )
     timestamp_ms, flags, expiry_ms = _HEADER.unpack_from(raw)
     if flags & ~KNOWN_FLAGS:
         raise VersionError(f"envelope has unknown flags {flags:#04x}")

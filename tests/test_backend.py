@@ -57,3 +57,14 @@ def test_missing_backend_raises_backend_unavailable(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(_backend, "_loaded", {})
     with pytest.raises(BackendUnavailable):
         _backend.load("rust")
+
+
+def test_installed_wheel_is_what_runs() -> None:
+    # `make wheel-test` sets DYNACORE_EXPECT_INSTALLED=1: the suite must then run against the
+    # wheel installed in a fresh venv, not against the source tree.
+    import dynacore
+
+    if os.environ.get("DYNACORE_EXPECT_INSTALLED") == "1":
+        assert "site-packages" in dynacore.__file__, dynacore.__file__
+    else:
+        assert dynacore.__file__.endswith(os.path.join("dynacore", "__init__.py"))

@@ -98,7 +98,9 @@ def _set_of(*envelopes: bytes) -> bytes:
     """Concurrent siblings: each written by its own node with an empty context."""
     result = versions.empty()
     for index, envelope in enumerate(envelopes):
-        result = versions.sync(result, versions.update(versions.empty(), b"", envelope, f"n{index}"))
+        result = versions.sync(
+            result, versions.update(versions.empty(), b"", envelope, f"n{index}")
+        )
     return result
 
 

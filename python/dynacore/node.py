@@ -10,7 +10,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, ClassVar
 
@@ -138,7 +138,7 @@ class Node:
         await self.coordinator.replica_put(stored_key, incoming)
         return []
 
-    _handlers: ClassVar[dict[int, Callable[[Node, list[Any]], Any]]] = {
+    _handlers: ClassVar[dict[int, Callable[[Node, list[Any]], Awaitable[list[Any]]]]] = {
         messages.CLIENT_GET: _client_get,
         messages.CLIENT_PUT: _client_put,
         messages.CLIENT_DELETE: _client_delete,
@@ -211,9 +211,10 @@ async def open_node(
     rng = rng if rng is not None else random.Random()
     view = membership if membership is not None else Membership.from_config(config)
     async with AsyncExitStack() as stack:
-        if engine is None:
-            engine = await stack.enter_async_context(_open_engine(config))
-        actor_id = await meta.actor_id(engine, config.node_id)
+        store: Engine = (
+            engine if engine is not None else await stack.enter_async_context(_open_engine(config))
+        )
+        actor_id = await meta.actor_id(store, config.node_id)
         rpc = await stack.enter_async_context(
             open_rpc_client(
                 transport,
@@ -229,7 +230,7 @@ async def open_node(
                 actor_id=actor_id,
                 membership=view,
                 rpc=rpc,
-                store=engine,
+                store=store,
                 clock=clock,
                 limits=config.limits,
                 background=nursery,
@@ -238,7 +239,7 @@ async def open_node(
             )
             node = Node(
                 config,
-                engine=engine,
+                engine=store,
                 coordinator=coordinator,
                 clock=clock,
                 cancel_scope=nursery.cancel_scope,

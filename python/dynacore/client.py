@@ -144,7 +144,7 @@ class AsyncClient:
             self._rpc = await stack.enter_async_context(
                 open_rpc_client(
                     self._transport,
-                    secret=self._secret,
+                    secret=self._secret.encode(),
                     client_id=self._client_id,
                     limits=self._limits,
                     rng=self._rng,

@@ -28,6 +28,8 @@ from dynacore.errors import (
 )
 from dynacore.limits import Limits
 from dynacore.membership import Membership
+from dynacore.net.messages import Value
+from dynacore.net.rpc import RpcClient
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +46,6 @@ class Clock(Protocol):
     """Wall-clock milliseconds for envelope timestamps and expiry (virtual in the simulator)."""
 
     def now_ms(self) -> int: ...
-
-
-class Caller(Protocol):
-    """The part of net.rpc.RpcClient the coordinator uses."""
-
-    async def call(
-        self, address: str, msg_type: int, fields: Sequence[object], timeout_s: float
-    ) -> list[object]: ...
 
 
 class Store(Protocol):
@@ -153,7 +147,7 @@ class Coordinator:
         node_id: str,
         actor_id: str,
         membership: Membership,
-        rpc: Caller,
+        rpc: RpcClient,
         store: Store,
         clock: Clock,
         limits: Limits,
@@ -265,7 +259,7 @@ class Coordinator:
         try:
             if peer == self.node_id:
                 await self.replica_put(stored_key, new_set)
-                reply: list[object] | None = []
+                reply: list[Value] | None = []
             else:
                 fields = [stored_key, new_set]
                 reply = await self._call(peer, messages.REPLICA_PUT, fields, self.timeout_s)
@@ -291,7 +285,7 @@ class Coordinator:
     ) -> bytes:
         if value is None:
             msg_type = messages.CLIENT_DELETE
-            fields: list[object] = [namespace, key, context, w, True]
+            fields: list[Value] = [namespace, key, context, w, True]
         else:
             msg_type = messages.CLIENT_PUT
             fields = [namespace, key, value, context, w, ttl_ms, True]
@@ -303,8 +297,8 @@ class Coordinator:
         raise Unavailable(f"no node of the preference list {list(pref)} could take the write")
 
     async def _call(
-        self, peer: str, msg_type: int, fields: Sequence[object], timeout_s: float
-    ) -> list[object] | None:
+        self, peer: str, msg_type: int, fields: Sequence[Value], timeout_s: float
+    ) -> list[Value] | None:
         """One RPC to a peer; None when the peer could not be reached (health updated).
         Typed errors from the peer (limits, quorum, storage) propagate."""
         try:
@@ -400,14 +394,13 @@ class Coordinator:
         return self._store.get(DATA_DB, stored_key)
 
 
-def _single_bytes(reply: Sequence[object], what: str) -> bytes:
+def _single_bytes(reply: Sequence[Value], what: str) -> bytes:
     if len(reply) != 1 or not isinstance(reply[0], bytes):
         raise ProtocolError(f"malformed {what}: {reply!r}")
     return reply[0]
 
 
 __all__ = [
-    "Caller",
     "Clock",
     "Coordinator",
     "PeerHealth",

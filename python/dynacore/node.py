@@ -84,7 +84,7 @@ class Node:
 
     # -- dispatch ----------------------------------------------------------------------------------
 
-    async def handle(self, msg_type: int, fields: list[Any], peer: object) -> list[Any]:
+    async def handle(self, msg_type: int, fields: list[Any], peer: str) -> list[Any]:
         """The RPC handler: one request in, its reply fields out; errors become ERROR replies."""
         handler = self._handlers.get(msg_type)
         if handler is None:
@@ -218,7 +218,7 @@ async def open_node(
         rpc = await stack.enter_async_context(
             open_rpc_client(
                 transport,
-                secret=config.cluster_secret,
+                secret=config.cluster_secret.encode(),
                 client_id=config.node_id,
                 limits=config.limits,
                 rng=rng,
@@ -244,7 +244,7 @@ async def open_node(
                 clock=clock,
                 cancel_scope=nursery.cancel_scope,
             )
-            server = RpcServer(secret=config.cluster_secret, limits=config.limits)
+            server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             node.address = await nursery.start(server.serve, transport, config.listen, node.handle)
             log.info("node %s (actor %s) listening on %s", config.node_id, actor_id, node.address)
             try:

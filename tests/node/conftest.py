@@ -14,6 +14,7 @@ from dynacore.client import AsyncClient
 from dynacore.config import NodeConfig
 from dynacore.limits import Limits
 from dynacore.membership import Membership
+from dynacore.net.simnet import SimNetwork
 from dynacore.node import Node, open_node
 
 SETTLE_TIMEOUT_S = 10.0  # bound on waits for background replication / repair
@@ -47,8 +48,10 @@ class Cluster:
         lmdb: bool,
         clock: ManualClock,
         secret: str,
+        sim: SimNetwork | None,
     ) -> None:
         self._nursery = nursery
+        self.sim = sim
         self.ids = [f"n{i + 1}" for i in range(count)]
         self.clock = clock
         self.nodes: dict[str, Node] = {}
@@ -57,8 +60,8 @@ class Cluster:
         self.configs = {
             node_id: NodeConfig(
                 node_id=node_id,
-                listen="127.0.0.1:0",
-                data_dir=base_dir / node_id if lmdb else None,
+                listen=f"{node_id}:7000" if sim else "127.0.0.1:0",
+                data_dir=base_dir / node_id if lmdb and not sim else None,
                 members=placeholder,
                 partitions=partitions,
                 n=n,
@@ -68,6 +71,7 @@ class Cluster:
             for node_id in self.ids
         }
         self.membership: Membership | None = None
+        self._clients = 0
 
     async def start_all(self) -> None:
         for node_id in self.ids:
@@ -92,7 +96,9 @@ class Cluster:
     async def _run(self, node_id: str, task_status: trio.TaskStatus[Node]) -> None:
         done = self._done[node_id] = trio.Event()
         try:
-            async with open_node(self.configs[node_id], clock=self.clock) as node:
+            config = self.configs[node_id]
+            transport = self.sim.transport(config.listen) if self.sim else None
+            async with open_node(config, clock=self.clock, transport=transport) as node:
                 self.nodes[node_id] = node
                 task_status.started(node)
                 await trio.sleep_forever()
@@ -111,6 +117,9 @@ class Cluster:
     @asynccontextmanager
     async def client(self, **options: object) -> AsyncIterator[AsyncClient]:
         secret = self.configs[self.ids[0]].cluster_secret
+        if self.sim is not None:
+            self._clients += 1
+            options.setdefault("transport", self.sim.transport(f"client{self._clients}:1"))
         async with AsyncClient(self.addresses, secret=secret, **options) as client:  # type: ignore[arg-type]
             yield client
 
@@ -136,6 +145,7 @@ async def open_cluster(
     lmdb: bool = True,
     clock: ManualClock | None = None,
     secret: str = "s3cret",
+    sim: SimNetwork | None = None,
 ) -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
         cluster = Cluster(
@@ -148,6 +158,7 @@ async def open_cluster(
             lmdb=lmdb,
             clock=clock or ManualClock(),
             secret=secret,
+            sim=sim,
         )
         await cluster.start_all()
         try:

@@ -25,7 +25,7 @@ from dynacore.membership import Membership
 from dynacore.messages import NodeStatus, PeerStatus, expect
 from dynacore.net.rpc import RpcServer, open_rpc_client
 from dynacore.net.transport import TcpTransport, Transport
-from dynacore.storage import Engine, meta, open_lmdb_engine, open_memory_engine
+from dynacore.storage import Engine, open_lmdb_engine, open_memory_engine, open_node_meta
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +214,7 @@ async def open_node(
         store: Engine = (
             engine if engine is not None else await stack.enter_async_context(_open_engine(config))
         )
-        actor_id = await meta.actor_id(store, config.node_id)
+        actor_id = (await open_node_meta(store, config.node_id, rng)).actor_id
         rpc = await stack.enter_async_context(
             open_rpc_client(
                 transport,

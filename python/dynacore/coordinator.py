@@ -88,7 +88,8 @@ class PeerHealth:
 
 @dataclass
 class _Acks:
-    """Durable acks of one put; `settled` fires once w is reached or can no longer be."""
+    """Durable acks of one put; `settled` fires once w is reached or every replica answered
+    (so that a failure reports every ack that came in time)."""
 
     required: int
     pending: int
@@ -105,7 +106,7 @@ class _Acks:
     def _step(self) -> None:
         self.pending -= 1
         assert self.pending >= 0
-        if self.count >= self.required or self.count + self.pending < self.required:
+        if self.count >= self.required or self.pending == 0:
             self.settled.set()
 
 
@@ -126,7 +127,7 @@ class _Gather:
     def _step(self) -> None:
         self.pending -= 1
         assert self.pending >= 0
-        if len(self.replies) >= self.required or len(self.replies) + self.pending < self.required:
+        if len(self.replies) >= self.required or self.pending == 0:
             self.settled.set()
 
 

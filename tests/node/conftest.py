@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import trio
@@ -15,6 +15,7 @@ from dynacore.config import NodeConfig
 from dynacore.limits import Limits
 from dynacore.membership import Membership
 from dynacore.net.simnet import SimNetwork
+from dynacore.storage import MemoryDisk, open_memory_engine
 from dynacore.node import Node, open_node
 
 SETTLE_TIMEOUT_S = 10.0  # bound on waits for background replication / repair
@@ -72,6 +73,7 @@ class Cluster:
         }
         self.membership: Membership | None = None
         self._clients = 0
+        self.disks: dict[str, MemoryDisk] = {}
 
     async def start_all(self) -> None:
         for node_id in self.ids:
@@ -98,7 +100,14 @@ class Cluster:
         try:
             config = self.configs[node_id]
             transport = self.sim.transport(config.listen) if self.sim else None
-            async with open_node(config, clock=self.clock, transport=transport) as node:
+            async with AsyncExitStack() as stack:
+                engine = None
+                if config.data_dir is None:  # memory engine on a disk that survives restarts
+                    disk = self.disks.setdefault(node_id, MemoryDisk())
+                    engine = await stack.enter_async_context(open_memory_engine(disk))
+                node = await stack.enter_async_context(
+                    open_node(config, clock=self.clock, transport=transport, engine=engine)
+                )
                 self.nodes[node_id] = node
                 task_status.started(node)
                 await trio.sleep_forever()

@@ -31,6 +31,7 @@ from dynacore.net.transport import TcpTransport, Transport
 log = logging.getLogger(__name__)
 
 KeyLike = bytes | str
+Items = Mapping[bytes, KeyLike] | Mapping[str, KeyLike] | Iterable[tuple[KeyLike, KeyLike]]
 T = TypeVar("T")
 MAX_CONCURRENT_BATCH = 64  # requests in flight for one get_many / put_many
 CLIENT_TIMEOUT_FACTOR = 3.0  # a client waits for the node's own timeout, plus a forward hop
@@ -152,7 +153,7 @@ class AsyncClient:
             )
             await self.refresh_ring()
         except BaseException as exc:
-            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            await _exit_unwrapped(stack, exc)
             raise
         self._stack = stack
         return self
@@ -166,7 +167,7 @@ class AsyncClient:
         stack, self._stack = self._stack, None
         self._rpc = None
         if stack is not None:
-            await stack.__aexit__(exc_type, exc, tb)
+            await _exit_unwrapped(stack, exc)
 
     # -- the ring ----------------------------------------------------------------------------------
 
@@ -257,7 +258,7 @@ class AsyncClient:
 
     async def put_many(
         self,
-        items: Mapping[KeyLike, KeyLike] | Iterable[tuple[KeyLike, KeyLike]],
+        items: Items,
         w: QuorumSpec | None = None,
         ttl: float | None = None,
     ) -> list[bytes]:
@@ -326,6 +327,23 @@ class AsyncClient:
             raise Unavailable("the client is closed (use `async with`)")
         reply: list[Any] = await self._rpc.call(address, msg_type, fields, self._timeout_s)
         return reply
+
+
+async def _exit_unwrapped(stack: AsyncExitStack, exc: BaseException | None) -> None:
+    """Close `stack`; when its nursery merely wraps `exc` in a group, let `exc` itself escape
+    (the caller re-raises it) so that users see the error they caused, not an ExceptionGroup."""
+    try:
+        await stack.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+    except BaseExceptionGroup as group:
+        if exc is None or _leaves(group) != [exc]:
+            raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for inner in group.exceptions:
+        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return out
 
 
 def _single_bytes(reply: list[Any]) -> bytes:
@@ -416,7 +434,7 @@ class Client:
 
     def put_many(
         self,
-        items: Mapping[KeyLike, KeyLike] | Iterable[tuple[KeyLike, KeyLike]],
+        items: Items,
         w: QuorumSpec | None = None,
         ttl: float | None = None,
     ) -> list[bytes]:

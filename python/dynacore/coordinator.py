@@ -37,7 +37,7 @@ DATA_DB = "data"
 READ_REPAIR_MAX_IN_FLIGHT = 256  # read repairs beyond this are skipped (anti-entropy catches up)
 PEER_RETRY_AFTER_S = 2.0  # a peer marked down is tried again (first in line) after this long
 FORWARD_TIMEOUT_FACTOR = 2.0  # a forwarded put waits for the remote coordinator's own timeout
-UNREACHABLE = (ConnectionLost, RequestTimeout, AuthError, OSError)
+UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down: try another
 
 Update = Callable[[bytes | None], bytes | None]
 
@@ -306,7 +306,7 @@ class Coordinator:
             reply = await self._rpc.call(
                 self.membership.address_of(peer), msg_type, fields, timeout_s
             )
-        except UNREACHABLE as exc:
+        except (*UNREACHABLE, AuthError) as exc:  # a peer with another secret counts as down
             log.debug("%s -> %s type %d: %r", self.node_id, peer, msg_type, exc)
             self.health.mark_failed(peer)
             return None

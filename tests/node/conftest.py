@@ -50,6 +50,7 @@ class Cluster:
         clock: ManualClock,
         secret: str,
         sim: SimNetwork | None,
+        namespaces: dict[str, int],
     ) -> None:
         self._nursery = nursery
         self.sim = sim
@@ -68,6 +69,7 @@ class Cluster:
                 n=n,
                 cluster_secret=secret,
                 limits=limits,
+                namespaces=namespaces,
             )
             for node_id in self.ids
         }
@@ -80,7 +82,9 @@ class Cluster:
             await self.start(node_id)
         addresses = [(node_id, self.nodes[node_id].address) for node_id in self.ids]
         config = self.configs[self.ids[0]]
-        self.membership = Membership.static(addresses, partitions=config.partitions, n=config.n)
+        self.membership = Membership.static(
+            addresses, partitions=config.partitions, n=config.n, namespaces=config.namespaces
+        )
         for node_id in self.ids:
             # from now on, restarts listen on the port first bound
             self.configs[node_id] = dataclasses.replace(
@@ -155,6 +159,7 @@ async def open_cluster(
     clock: ManualClock | None = None,
     secret: str = "s3cret",
     sim: SimNetwork | None = None,
+    namespaces: dict[str, int] | None = None,
 ) -> AsyncIterator[Cluster]:
     async with trio.open_nursery() as nursery:
         cluster = Cluster(
@@ -168,6 +173,7 @@ async def open_cluster(
             clock=clock or ManualClock(),
             secret=secret,
             sim=sim,
+            namespaces=namespaces or {},
         )
         await cluster.start_all()
         try:

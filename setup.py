@@ -10,11 +10,30 @@ quick development build (the test suite then runs on the backends that were buil
 from __future__ import annotations
 
 import os
+import shutil
 
 from setuptools import setup
 from setuptools_rust import Binding, RustExtension
 
 TWINS = ("ring", "versions", "merkle", "wire")
+
+
+def _stage_pxd_files() -> str:
+    """Cython finds the .pxd of dynacore._cy.X by module name, at dynacore/_cy/X.pxd on its
+    include path; the .pxd lives beside its twin as core/X.pxd, so stage it there at build time."""
+    staged = os.path.join("build", "cython", "pxd")
+    target = os.path.join(staged, "dynacore", "_cy")
+    os.makedirs(target, exist_ok=True)
+    for name in TWINS:
+        source = os.path.join("python", "dynacore", "core", f"{name}.pxd")
+        destination = os.path.join(target, f"{name}.pxd")
+        if os.path.exists(destination):
+            os.remove(destination)
+        if os.path.exists(source):
+            shutil.copyfile(source, destination)
+    for package in ("dynacore", os.path.join("dynacore", "_cy")):
+        open(os.path.join(staged, package, "__init__.pxd"), "a").close()
+    return staged
 
 
 def cython_extensions() -> list[object]:
@@ -29,6 +48,7 @@ def cython_extensions() -> list[object]:
     return cythonize(
         extensions,
         build_dir="build/cython",
+        include_path=[_stage_pxd_files()],
         language_level=3,
         # Annotations stay hints: Cython must not turn `list` or `int` hints into exact type
         # checks that the pure module does not make, or the twins would behave differently.

@@ -15,8 +15,8 @@ from dynacore.config import NodeConfig
 from dynacore.limits import Limits
 from dynacore.membership import Membership
 from dynacore.net.simnet import SimNetwork
-from dynacore.storage import MemoryDisk, open_memory_engine
 from dynacore.node import Node, open_node
+from dynacore.storage import MemoryDisk, open_memory_engine
 
 SETTLE_TIMEOUT_S = 10.0  # bound on waits for background replication / repair
 

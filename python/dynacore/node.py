@@ -246,6 +246,8 @@ async def open_node(
             )
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             node.address = await nursery.start(server.serve, transport, config.listen, node.handle)
+            if view.addresses.get(config.node_id, "").endswith(":0"):  # advertise the bound port
+                node.set_membership(view.with_addresses({config.node_id: node.address}))
             log.info("node %s (actor %s) listening on %s", config.node_id, actor_id, node.address)
             try:
                 yield node

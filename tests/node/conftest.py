@@ -4,6 +4,7 @@ each node can be stopped and restarted on its data dir and its port."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -54,6 +55,7 @@ class Cluster:
     ) -> None:
         self._nursery = nursery
         self.sim = sim
+        self.seed = sim.rng.getrandbits(64) if sim is not None else 0
         self.ids = [f"n{i + 1}" for i in range(count)]
         self.clock = clock
         self.nodes: dict[str, Node] = {}
@@ -110,7 +112,13 @@ class Cluster:
                     disk = self.disks.setdefault(node_id, MemoryDisk())
                     engine = await stack.enter_async_context(open_memory_engine(disk))
                 node = await stack.enter_async_context(
-                    open_node(config, clock=self.clock, transport=transport, engine=engine)
+                    open_node(
+                        config,
+                        clock=self.clock,
+                        transport=transport,
+                        engine=engine,
+                        rng=random.Random(f"{self.seed}/{node_id}"),
+                    )
                 )
                 self.nodes[node_id] = node
                 task_status.started(node)

@@ -20,7 +20,7 @@ import trio
 
 from dynacore import messages, objects
 from dynacore.config import QuorumSpec, check_address, check_quorum_spec
-from dynacore.coordinator import UNREACHABLE, PeerHealth
+from dynacore.coordinator import UNREACHABLE, PeerHealth, exception_leaves
 from dynacore.errors import ConfigError, ProtocolError, RequestTimeout, Unavailable
 from dynacore.limits import Limits
 from dynacore.membership import Membership
@@ -335,15 +335,8 @@ async def _exit_unwrapped(stack: AsyncExitStack, exc: BaseException | None) -> N
     try:
         await stack.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
     except BaseExceptionGroup as group:
-        if exc is None or _leaves(group) != [exc]:
+        if exc is None or exception_leaves(group) != [exc]:
             raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for inner in group.exceptions:
-        out.extend(_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
-    return out
 
 
 def _single_bytes(reply: list[Any]) -> bytes:

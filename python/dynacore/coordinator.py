@@ -395,6 +395,15 @@ class Coordinator:
         return self._store.get(DATA_DB, stored_key)
 
 
+def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """Every non-group exception inside `group`, depth first (to unwrap a nursery's group
+    that merely carries the caller's own error)."""
+    out: list[BaseException] = []
+    for inner in group.exceptions:
+        out.extend(exception_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    return out
+
+
 def _single_bytes(reply: Sequence[Value], what: str) -> bytes:
     if len(reply) != 1 or not isinstance(reply[0], bytes):
         raise ProtocolError(f"malformed {what}: {reply!r}")
@@ -406,5 +415,6 @@ __all__ = [
     "Coordinator",
     "PeerHealth",
     "Store",
+    "exception_leaves",
     "merge_sets",
 ]

@@ -19,7 +19,7 @@ import trio
 from dynacore import messages, objects
 from dynacore._backend import versions
 from dynacore.config import NodeConfig, QuorumSpec, check_quorum_spec
-from dynacore.coordinator import Clock, Coordinator, PeerHealth
+from dynacore.coordinator import Clock, Coordinator, PeerHealth, exception_leaves
 from dynacore.errors import ProtocolError
 from dynacore.membership import Membership
 from dynacore.messages import NodeStatus, PeerStatus, expect
@@ -210,6 +210,31 @@ async def open_node(
     clock = clock if clock is not None else SystemClock()
     rng = rng if rng is not None else random.Random()
     view = membership if membership is not None else Membership.from_config(config)
+    body_error: list[BaseException] = []  # what the caller's block raised, if anything
+    try:
+        async with _run_node(config, transport, clock, rng, engine, view) as node:
+            try:
+                yield node
+            except BaseException as exc:
+                body_error.append(exc)
+                raise
+    except BaseExceptionGroup as group:
+        # the node's nurseries wrap the caller's own error in groups: let it escape as itself
+        if not body_error or exception_leaves(group) != body_error:
+            raise
+    if body_error:
+        raise body_error[0]
+
+
+@asynccontextmanager
+async def _run_node(
+    config: NodeConfig,
+    transport: Transport,
+    clock: Clock,
+    rng: random.Random,
+    engine: Engine | None,
+    view: Membership,
+) -> AsyncIterator[Node]:
     async with AsyncExitStack() as stack:
         store: Engine = (
             engine if engine is not None else await stack.enter_async_context(_open_engine(config))

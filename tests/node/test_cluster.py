@@ -10,9 +10,11 @@ import trio
 from dynacore import objects
 from dynacore._backend import versions
 from dynacore.client import GetResult, resolve_lww, resolve_with
+from dynacore.config import NodeConfig
 from dynacore.errors import KeyTooLarge, QuorumNotMet, TooManySiblings, ValueTooLarge
 from dynacore.limits import Limits
 from dynacore.messages import NodeStatus
+from dynacore.node import open_node
 
 from .conftest import Cluster, ManualClock, open_cluster, wait_until
 
@@ -200,3 +202,12 @@ async def test_stopping_a_node_closes_its_store_cleanly(tmp_path: Path) -> None:
         with trio.fail_after(10):
             results = await client.get_many([f"p{i}" for i in range(100)], r="all")
         assert [r.values for r in results] == [[f"v{i}".encode()] for i in range(100)]
+
+
+async def test_a_callers_error_escapes_open_node_as_itself(tmp_path: Path) -> None:
+    config = NodeConfig(node_id="solo", listen="127.0.0.1:0")
+    with pytest.raises(KeyError, match="mine"):
+        async with open_node(config):
+            raise KeyError("mine")
+    async with open_node(config) as node:  # and a clean exit stays clean
+        assert node.address.startswith("127.0.0.1:")

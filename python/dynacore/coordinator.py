@@ -7,7 +7,7 @@ node, and the replica side (REPLICA_PUT / REPLICA_GET). The node wires it; every
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DATA_DB = "data"
 READ_REPAIR_MAX_IN_FLIGHT = 256  # read repairs beyond this are skipped (anti-entropy catches up)
+BACKGROUND_MAX_TASKS = 8192  # replica sends and read gathers in flight; more make callers wait
 PEER_RETRY_AFTER_S = 2.0  # a peer marked down is tried again (first in line) after this long
 FORWARD_TIMEOUT_FACTOR = 2.0  # a forwarded put waits for the remote coordinator's own timeout
 UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down: try another
@@ -169,6 +170,7 @@ class Coordinator:
         self._default_w = default_w
         self.health = health if health is not None else PeerHealth()
         self._repairs = trio.CapacityLimiter(READ_REPAIR_MAX_IN_FLIGHT)
+        self._tasks = trio.CapacityLimiter(BACKGROUND_MAX_TASKS)
 
     @property
     def timeout_s(self) -> float:
@@ -242,9 +244,9 @@ class Coordinator:
     ) -> None:
         acks = _Acks(required=required, pending=len(peers) + 1)
         acks.add()  # the local durable commit
-        for peer in peers:
-            self._background.start_soon(self._replica_put_remote, peer, stored_key, new_set, acks)
         with trio.move_on_after(self.timeout_s):
+            for peer in peers:
+                await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
             await acks.settled.wait()
         if acks.count < required:
             raise QuorumNotMet(
@@ -273,6 +275,21 @@ class Coordinator:
             acks.fail()
         else:
             acks.add()
+
+    async def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Start fn(*args) in the node's background nursery; waits while BACKGROUND_MAX_TASKS
+        are running (backpressure instead of unbounded growth behind a slow peer)."""
+        token = object()
+        await self._tasks.acquire_on_behalf_of(token)
+        self._background.start_soon(self._run_released, token, fn, *args)
+
+    async def _run_released(
+        self, token: object, fn: Callable[..., Awaitable[None]], *args: object
+    ) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._tasks.release_on_behalf_of(token)
 
     async def _forward(
         self,
@@ -322,8 +339,8 @@ class Coordinator:
         pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
         required = resolve_quorum(r, len(pref), default=self._default_r)
         gather = _Gather(required=required, pending=len(pref))
-        self._background.start_soon(self._gather_and_repair, stored_key, pref, gather)
         with trio.move_on_after(self.timeout_s):
+            await self._spawn(self._gather_and_repair, stored_key, pref, gather)
             await gather.settled.wait()
         replies = list(gather.replies.values())
         if len(replies) < required:

@@ -9,14 +9,14 @@ import trio
 
 from dynacore import objects
 from dynacore._backend import versions
-from dynacore.client import GetResult, resolve_lww, resolve_with
+from dynacore.client import AsyncClient, GetResult, resolve_lww, resolve_with
 from dynacore.config import NodeConfig
 from dynacore.errors import KeyTooLarge, QuorumNotMet, TooManySiblings, ValueTooLarge
 from dynacore.limits import Limits
 from dynacore.messages import NodeStatus
 from dynacore.node import open_node
 
-from .conftest import Cluster, ManualClock, open_cluster, wait_until
+from .conftest import SETTLE_TIMEOUT_S, Cluster, ManualClock, open_cluster, wait_until
 
 
 def sk(key: bytes) -> bytes:
@@ -25,6 +25,17 @@ def sk(key: bytes) -> bytes:
 
 def holders(cluster: Cluster, key: bytes) -> set[str]:
     return {node_id for node_id in cluster.nodes if cluster.stored(node_id, sk(key)) is not None}
+
+
+async def get_once_all_reachable(client: AsyncClient, key: bytes) -> GetResult:
+    """A get at r=3, retried while the coordinators' reconnect backoff to a restarted node
+    still refuses (bounded by SETTLE_TIMEOUT_S)."""
+    with trio.fail_after(SETTLE_TIMEOUT_S):
+        while True:
+            try:
+                return await client.get(key, r=3)
+            except QuorumNotMet:
+                await trio.sleep(0.1)
 
 
 async def test_1000_keys_w2_r2_each_replica_holds_its_keys(tmp_path: Path) -> None:
@@ -95,10 +106,13 @@ async def test_replica_down_writes_succeed_then_read_repair(tmp_path: Path) -> N
         assert {sk(k) for k in before} <= cluster.stored_keys("n3")  # intact after restart
         missed = [k for k in during if cluster.stored("n3", sk(k)) is None]
         assert len(missed) == len(during)  # every key has n3 as a replica when n = nodes = 3
-        result = await client.get(missed[0], r=3)
+        result = await get_once_all_reachable(client, missed[0])
         assert result.values == [during[missed[0]]]
         await wait_until(lambda: cluster.stored("n3", sk(missed[0])) is not None)
         assert cluster.stored("n3", sk(missed[0])) == cluster.stored("n1", sk(missed[0]))
+        for key in missed[1:]:  # every missed key is repaired by a read at r=3
+            await get_once_all_reachable(client, key)
+        await wait_until(lambda: {sk(k) for k in during} <= cluster.stored_keys("n3"))
 
 
 async def test_quorum_not_met_reports_acks(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, ClassVar
 
@@ -296,12 +296,3 @@ async def _serve_until_signal(config: NodeConfig, on_ready: Callable[[str], None
             async for signum in signals:
                 log.info("node %s: signal %d, stopping", node.node_id, signum)
                 break
-
-
-def members_with_addresses(
-    nodes: Sequence[Node],
-) -> Membership:
-    """The membership of the first node with every given node's bound address filled in."""
-    assert nodes
-    view = nodes[0].membership
-    return view.with_addresses({node.node_id: node.address for node in nodes})

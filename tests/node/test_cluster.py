@@ -126,7 +126,9 @@ async def test_quorum_not_met_reports_acks(tmp_path: Path) -> None:
         assert (await client.get("k", r=2)).values == [b"v"]  # the write is there, unacked
 
 
-async def test_limits_are_typed_errors_and_the_node_keeps_serving(tmp_path: Path) -> None:
+async def test_limits_are_typed_errors_and_the_node_keeps_serving(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     limits = Limits(key_size_bytes=64, value_size_bytes=1024, siblings_max=3, siblings_warn=2)
     async with open_cluster(tmp_path, limits=limits) as cluster, cluster.client() as client:
         with pytest.raises(KeyTooLarge):
@@ -145,6 +147,7 @@ async def test_limits_are_typed_errors_and_the_node_keeps_serving(tmp_path: Path
         assert all(not cluster.stored_keys(node_id) for node_id in cluster.ids)  # no half-write
         for i in range(3):
             await client.put(b"busy", f"v{i}")  # blind writes: siblings
+        assert "3 siblings (warn at 2)" in caplog.text  # warned before refusing
         with pytest.raises(TooManySiblings):
             await client.put(b"busy", b"one too many")
         result = await client.get(b"busy")

@@ -12,6 +12,7 @@ from dynacore import objects
 from dynacore.errors import QuorumNotMet, Unavailable
 from dynacore.limits import Limits
 from dynacore.net.simnet import SimNetwork
+from dynacore.node import SystemClock, TrioClock
 
 from .conftest import open_cluster, wait_until
 
@@ -87,3 +88,11 @@ async def test_forward_skips_a_crashed_replica(
         assert cluster.stored(second, sk(key)) is not None
         assert cluster.stored(first, sk(key)) is None
         assert cluster.nodes[outsider].coordinator.health.is_down(first)
+
+
+async def test_trio_clock_follows_virtual_time(autojump_clock: trio.testing.MockClock) -> None:
+    clock = TrioClock(offset_ms=1_000)
+    before = clock.now_ms()
+    await trio.sleep(2.5)
+    assert clock.now_ms() - before == 2500
+    assert SystemClock().now_ms() > 1_600_000_000_000  # wall milliseconds since the epoch

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 DATA_DB = "data"
 READ_REPAIR_MAX_IN_FLIGHT = 256  # read repairs beyond this are skipped (anti-entropy catches up)
+FRAME_HEADROOM_BYTES = 16 * 1024  # frame header and the other fields of a reply carrying a set
 BACKGROUND_MAX_TASKS = 8192  # replica sends and read gathers in flight; more make callers wait
 PEER_RETRY_AFTER_S = 2.0  # a peer marked down is tried again (first in line) after this long
 FORWARD_TIMEOUT_FACTOR = 2.0  # a forwarded put waits for the remote coordinator's own timeout
@@ -223,6 +224,7 @@ class Coordinator:
 
     def _put_fn(self, context: bytes, envelope: bytes) -> Update:
         actor, limits = self.actor_id, self._limits
+        max_set_bytes = limits.frame_size_bytes - FRAME_HEADROOM_BYTES - limits.key_size_bytes
 
         def apply(old: bytes | None) -> bytes:
             base = old if old is not None else versions.empty()
@@ -232,6 +234,11 @@ class Coordinator:
                 raise TooManySiblings(
                     f"the write would leave {siblings} siblings (limit {limits.siblings_max}); "
                     "read the key and write back with its context to resolve them"
+                )
+            if len(new) > max_set_bytes:  # it could no longer travel in one frame
+                raise TooManySiblings(
+                    f"the write would leave {siblings} siblings of {len(new)} bytes in all, more "
+                    f"than a frame carries ({max_set_bytes}); resolve them with the read context"
                 )
             if siblings > limits.siblings_warn:
                 log.warning("key has %d siblings (warn at %d)", siblings, limits.siblings_warn)

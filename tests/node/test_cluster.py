@@ -158,6 +158,20 @@ async def test_limits_are_typed_errors_and_the_node_keeps_serving(
             await client.put(3, b"v")  # type: ignore[arg-type]
 
 
+async def test_siblings_that_would_not_fit_a_frame_are_refused(tmp_path: Path) -> None:
+    kib = 1024
+    limits = Limits(value_size_bytes=40 * kib, frame_size_bytes=110 * kib, request_timeout_s=2.0)
+    async with open_cluster(tmp_path, limits=limits) as cluster, cluster.client() as client:
+        await client.put("big", b"a" * 40 * kib)
+        await client.put("big", b"b" * 40 * kib)  # blind: two siblings, about 80 KiB
+        with pytest.raises(TooManySiblings, match="more than a frame carries"):
+            await client.put("big", b"c" * 40 * kib)
+        result = await client.get("big", r="all")  # still readable in one frame
+        assert len(result.values) == 2
+        await client.put("big", b"c" * 40 * kib, result.context)  # resolving always fits
+        assert (await client.get("big")).values == [b"c" * 40 * kib]
+
+
 async def test_replication_is_never_refused_for_siblings(tmp_path: Path) -> None:
     limits = Limits(siblings_max=2, siblings_warn=1, request_timeout_s=2.0)
     async with open_cluster(tmp_path, limits=limits) as cluster:

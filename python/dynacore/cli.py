@@ -256,6 +256,22 @@ def demo(nodes_count: int) -> None:
     sys.exit(run_demo(nodes_count, console))
 
 
+# -- membership commands (join, leave, plan, commit, transfers): owned by the membership work --
+
+
+# -- end membership commands --------------------------------------------------------------------
+#
+#
+#
+# -- anti-entropy commands (repair, aae-status): owned by the anti-entropy work -----------------
+
+
+# -- end anti-entropy commands ------------------------------------------------------------------
+#
+#
+#
+
+
 def _setup_logging() -> None:
     import logging
 

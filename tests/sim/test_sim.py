@@ -132,3 +132,11 @@ def test_an_assert_inside_a_node_handler_fails_the_run(monkeypatch: pytest.Monke
     assert any("invariant broken" in line for line in result.node_errors)  # ... but it was seen
     assert not result.ok
     assert any(p.startswith("node logged:") for p in result.problems())
+
+
+def test_a_run_that_overruns_its_virtual_budget_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node that never settles must fail its seed, not hang the soak."""
+    monkeypatch.setattr(SimConfig, "virtual_budget_s", lambda self: 3.0)
+    result = run_seed(1, SimConfig(safety_s=8.0))
+    assert not result.ok
+    assert result.error is not None and "TooSlowError" in result.error

@@ -46,6 +46,7 @@ MAX_LIVENESS_ROUNDS = 1000
 FINAL_READ_ATTEMPTS = 5
 FINAL_READ_RETRY_S = 1.0
 MAX_NODE_ERRORS_KEPT = 20
+VIRTUAL_SLACK_S = 600.0  # liveness reads time out, nodes restart, the cluster shuts down
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,15 @@ class SimConfig:
     settle_s: float = 5.0  # after healing, before the first liveness round
     liveness_rounds: int = 30
     round_s: float = 2.0  # virtual time between liveness rounds (repairs land)
+
+    def virtual_budget_s(self) -> float:
+        """Virtual seconds a run may take: its phases, plus the final reads, plus slack."""
+        reads = self.workload.keys * self.cluster.nodes  # per liveness round
+        read_s = 2 * self.cluster.request_timeout_s  # a failing read, at worst
+        round_s = self.round_s + reads * read_s
+        final_reads_s = self.workload.keys * FINAL_READ_ATTEMPTS * (FINAL_READ_RETRY_S + read_s)
+        phases_s = self.safety_s + self.settle_s + self.liveness_rounds * round_s
+        return phases_s + final_reads_s + VIRTUAL_SLACK_S
 
     def __post_init__(self) -> None:
         if self.faults not in PLANS:
@@ -148,7 +158,7 @@ def run_seed(seed: int, config: SimConfig | None = None) -> RunResult:
     with ErrorLog.attached() as errors:
         try:
             with deterministic_scheduling(seed):
-                trio.run(_simulate, seed, config, outcome, clock=clock)
+                trio.run(_simulate_bounded, seed, config, outcome, clock=clock)
             error = None
         except Exception as exc:  # a node invariant (AssertionError) or a harness bug: a failure
             error = _one_line(exc)
@@ -174,6 +184,13 @@ def _one_line(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_one_line(inner) for inner in exc.exceptions)
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+
+
+async def _simulate_bounded(seed: int, config: SimConfig, outcome: dict[str, object]) -> None:
+    """The run, failing with trio.TooSlowError if it overruns its virtual-time budget (a node
+    that never settles, or a shutdown that hangs, must fail the seed, not hang the soak)."""
+    with trio.fail_after(config.virtual_budget_s()):
+        await _simulate(seed, config, outcome)
 
 
 async def _simulate(seed: int, config: SimConfig, outcome: dict[str, object]) -> None:

@@ -13,10 +13,10 @@ import io
 import re
 
 import pytest
-from dynacore.node import Node
 
 from dynacore import messages
 from dynacore.net.messages import Value
+from dynacore.node import Node
 from dynacore.sim import __main__ as sim_cli
 from dynacore.sim.cluster import ClusterConfig
 from dynacore.sim.faults import KINDS, choose_schedule

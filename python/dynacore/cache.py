@@ -56,7 +56,7 @@ from dynacore.config import (
     parse_members,
     resolve_quorum,
 )
-from dynacore.coordinator import Clock
+from dynacore.coordinator import Clock, exception_leaves
 from dynacore.counters import decode as decode_counter
 from dynacore.counters import fits as counter_fits
 from dynacore.counters import merge_all
@@ -66,6 +66,7 @@ from dynacore.errors import (
     KeyTooLarge,
     SerializationError,
     StorageClosed,
+    StorageError,
 )
 from dynacore.limits import DEFAULT_N, DEFAULT_PARTITIONS, Limits
 from dynacore.membership import Membership
@@ -199,7 +200,7 @@ def cache_settings(
 
 
 def _members(members: Sequence[tuple[str, str]] | str | None) -> tuple[tuple[str, str], ...]:
-    """"id@host:port,..." or (id, "host:port") pairs, checked."""
+    """The members as "id@host:port,..." or (id, "host:port") pairs, checked."""
     if members is None:
         return ()
     if isinstance(members, str):
@@ -325,14 +326,16 @@ class AsyncCache:
         now_ms = self._clock.now_ms()
         live = [e for e in envelopes if e.visible(now_ms)]
         counters = [e for e in live if e.data[:1] == _TAG_COUNTER_BYTE]
-        out = [(e.timestamp_ms, e.data, None) for e in live if e.data[:1] != _TAG_COUNTER_BYTE]
+        out: list[tuple[int, bytes, Any]] = [
+            (e.timestamp_ms, e.data, MISSING) for e in live if e.data[:1] != _TAG_COUNTER_BYTE
+        ]
         if counters:
             merged = merge_all([decode_counter(e.data[1:]) for e in counters])
             data = _TAG_COUNTER_BYTE + merged.encode()
             out.append((max(e.timestamp_ms for e in counters), data, merged.value))
         out.sort(key=lambda c: (c[0], c[1]))
         decode = self._codec.decode
-        return [(ts, data, decode(data) if value is None else value) for ts, data, value in out]
+        return [(ts, data, decode(data) if value is MISSING else value) for ts, data, value in out]
 
     def _winner(self, set_bytes: bytes | None) -> tuple[bytes, Any] | None:
         """(stored data, value) of the resolved value; None when nothing is live."""
@@ -651,7 +654,7 @@ def _next_prefix(prefix: bytes) -> bytes | None:
     return stripped[:-1] + bytes((stripped[-1] + 1,))
 
 
-# -- running a cache ---------------------------------------------------------------------------------
+# -- running a cache -------------------------------------------------------------------------------
 
 
 async def _seed_view(settings: CacheSettings) -> Membership:
@@ -702,18 +705,34 @@ def _with_view(settings: CacheSettings, view: Membership) -> CacheSettings:
 @asynccontextmanager
 async def open_cache_with(settings: CacheSettings) -> AsyncIterator[AsyncCache]:
     """Run a cache member for the duration of the block (open_cache with checked settings)."""
+    data_dir = settings.config.data_dir
+    if data_dir is not None:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create the cache's data directory {data_dir}: {exc}"
+            ) from exc
     view: Membership | None = None
     if settings.seeds and not settings.config.members:
         view = await _seed_view(settings)
         settings = _with_view(settings, view)
-    async with open_node(
-        settings.config,
-        transport=settings.transport,
-        clock=settings.clock,
-        rng=settings.rng,
-        membership=view,
-    ) as node:
-        yield AsyncCache(node, settings)
+    started = False
+    try:
+        async with open_node(
+            settings.config,
+            transport=settings.transport,
+            clock=settings.clock,
+            rng=settings.rng,
+            membership=view,
+        ) as node:
+            started = True
+            yield AsyncCache(node, settings)
+    except BaseExceptionGroup as group:
+        leaves = exception_leaves(group)
+        if started or len(leaves) != 1:
+            raise
+        raise leaves[0] from None  # a start-up failure escapes as itself, not in a group
 
 
 @asynccontextmanager
@@ -947,7 +966,7 @@ class Cache(MutableMapping[Any, Any]):
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         self._loop.call(self._async.set_many, pairs, ttl, w=w)
 
-    def clear(self, *, w: QuorumSpec | None = None) -> None:  # type: ignore[override]
+    def clear(self, *, w: QuorumSpec | None = None) -> None:
         """Delete every key this member stores (replicated tombstones). Keys that only other
         members hold are not touched: clear is local in what it enumerates."""
         self._loop.call(self._async.clear, w=w)

@@ -91,7 +91,9 @@ async def write(
         await coordinator.apply(request.namespace, request.key, fn, w=w)
         return outcome[-1]
     if forwarded:
-        raise Unavailable(f"{coordinator.node_id} got a forwarded cache write it does not replicate")
+        raise Unavailable(
+            f"{coordinator.node_id} got a forwarded cache write it does not replicate"
+        )
     reply = await coordinator.forward(
         request.namespace,
         request.key,
@@ -124,7 +126,9 @@ def _update_fn(
 
     def apply(old: bytes | None) -> bytes:
         stored = old if old is not None else versions.empty()
-        live = [e for e in map(objects.decode_envelope, versions.values(stored)) if e.visible(now_ms)]
+        live = [
+            e for e in map(objects.decode_envelope, versions.values(stored)) if e.visible(now_ms)
+        ]
         data, expiry_ms, result = _new_value(request, live, now_ms, actor)
         envelope = objects.encode_envelope(
             data, timestamp_ms=now_ms, expiry_ms=expiry_ms, tombstone=request.op == OP_DELETE

@@ -32,7 +32,6 @@ TAG_COUNTER: Final = ord("C")
 TAG_MSGPACK: Final = ord("M")
 TAG_JSON: Final = ord("J")
 TAG_PICKLE: Final = ord("P")
-BUILTIN_TAGS: Final = frozenset({TAG_BYTES, TAG_STR, TAG_COUNTER, TAG_MSGPACK, TAG_JSON, TAG_PICKLE})
 _B: Final = b"B"
 _S: Final = b"S"
 
@@ -114,7 +113,7 @@ class PickleSerializer:
 
     def loads(self, data: bytes) -> Any:
         try:
-            return pickle.loads(data)  # noqa: S301  (explicitly chosen by the user)
+            return pickle.loads(data)  # the user chose pickle explicitly
         except Exception as exc:
             raise SerializationError(f"corrupt pickle value: {exc}") from exc
 
@@ -141,7 +140,11 @@ def check_serializer(serializer: object) -> Serializer:
         raise SerializationError(f"a serializer's tag is one byte (0..255), got {tag!r}")
     if tag in (TAG_BYTES, TAG_STR, TAG_COUNTER):
         raise SerializationError(f"tag {chr(tag)!r} is reserved for bytes, str and counters")
-    builtin = {TAG_MSGPACK: MsgpackSerializer, TAG_JSON: JsonSerializer, TAG_PICKLE: PickleSerializer}
+    builtin = {
+        TAG_MSGPACK: MsgpackSerializer,
+        TAG_JSON: JsonSerializer,
+        TAG_PICKLE: PickleSerializer,
+    }
     if tag in builtin and not isinstance(serializer, builtin[tag]):
         raise SerializationError(f"tag {chr(tag)!r} belongs to the {builtin[tag].__name__}")
     return serializer
@@ -163,9 +166,9 @@ class ValueCodec:
     def encode(self, value: Any, *, now_ms: int) -> bytes:
         """The stored bytes of a value; SerializationError when the serializer refuses it."""
         kind = type(value)
-        if kind is bytes:
+        if isinstance(value, bytes):
             return _B + value
-        if kind is str:
+        if isinstance(value, str):
             return _S + value.encode("utf-8")
         if isinstance(value, bytearray | memoryview):
             return _B + bytes(value)

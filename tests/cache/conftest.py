@@ -14,6 +14,7 @@ import trio
 
 from dynacore.cache import AsyncCache, Cache, open_cache
 from dynacore.config import NodeConfig
+from dynacore.errors import QuorumNotMet
 from dynacore.limits import Limits
 from dynacore.net.simnet import SimNetwork
 from dynacore.node import Node, open_node
@@ -112,3 +113,16 @@ async def wait_until(predicate: Any, timeout_s: float = SETTLE_TIMEOUT_S) -> Non
     with trio.fail_after(timeout_s):
         while not predicate():
             await trio.sleep(0.01)
+
+
+async def retry_quorum(
+    fn: Any, *args: Any, timeout_s: float = SETTLE_TIMEOUT_S, **kwargs: Any
+) -> Any:
+    """`await fn(*args, **kwargs)`, retried while QuorumNotMet (peers reconnecting after a
+    healed partition back off for a while); fails after timeout_s."""
+    with trio.fail_after(timeout_s):
+        while True:
+            try:
+                return await fn(*args, **kwargs)
+            except QuorumNotMet:
+                await trio.sleep(0.05)

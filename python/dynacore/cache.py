@@ -26,8 +26,8 @@ import functools
 import hashlib
 import logging
 import random
-import struct
 import threading
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -72,7 +72,8 @@ from dynacore.limits import DEFAULT_N, DEFAULT_PARTITIONS, Limits
 from dynacore.membership import Membership
 from dynacore.net.transport import Transport
 from dynacore.node import Node, open_node
-from dynacore.serializers import TAG_COUNTER, Serializer, ValueCodec
+from dynacore.serializers import TAG_BYTES, TAG_COUNTER, Serializer, ValueCodec
+from dynacore.storage import LmdbEngine
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +88,29 @@ MAX_TTL_S: Final = 10 * 365 * 24 * 3600.0
 MAX_CONCURRENT_BATCH: Final = 64  # requests in flight for one get_many / set_many / clear
 SCAN_CHUNK_KEYS: Final = 1024  # keys read per scan step of iteration and clear
 MEMO_PREFIX: Final = b"memo:"
+FENCE_TIMEOUT_S: Final = 10.0  # a read transaction takes microseconds; this is a safety net
 _DATA: Final = "data"
-_HEADER: Final = struct.Struct(">QBQ")  # the envelope header of objects.py
-_HEADER_BYTES: Final = _HEADER.size
-_DATA_OFFSET: Final = _HEADER_BYTES  # the tag byte of the cache's value
+_HEADER_BYTES: Final = objects.HEADER_SIZE  # the envelope header: timestamp, flags, expiry
+_LIVE_FOREVER: Final = bytes(9)  # envelope flags 0 (no tombstone) and expiry 0 (never)
 _TAG_COUNTER_BYTE: Final = bytes((TAG_COUNTER,))
+
+
+class _ReadFence:
+    """Lets fast-path reads in any thread finish before the store closes, and refuses new ones
+    after, without a lock on the read path: a reader appends to `inflight`, then checks
+    `closed`; `close` sets `closed`, then waits for `inflight` to drain. list.append/pop are
+    atomic under the GIL, so either the reader sees `closed` or `close` sees the reader."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.inflight: list[None] = []
+
+    def close(self) -> None:
+        self.closed = True
+        deadline = time.monotonic() + FENCE_TIMEOUT_S
+        while self.inflight:
+            assert time.monotonic() < deadline, "a fast-path read did not finish"
+            time.sleep(0.0001)
 
 
 class _Sentinel(enum.Enum):
@@ -240,17 +259,29 @@ class AsyncCache:
         self._w = settings.w
         self._resolver = settings.resolver
         self._codec = settings.codec
-        self._decode_at = settings.codec.decode_at
         self._key_type = settings.key_type
         self._values = versions.values
         self._view: Membership | None = None
         self._local: bytes = b""  # per partition: 1 when this member replicates it
         self._partition_of: Callable[[bytes], int] = lambda _key: 0
         self._fast = False  # r resolves to 1 for this view
+        self._all_local = False  # and this member replicates every partition
+        self._fence = _ReadFence()
+        self._inflight = self._fence.inflight
+        self._env: Any = None  # LMDB: the fast path runs its own read transactions
+        self._dbi: Any = None
+        self._fast_max_bytes = -1  # stored keys up to this size take the LMDB fast path
+        if isinstance(self._engine, LmdbEngine):
+            self._env, self._dbi, cut = self._engine.read_handle(_DATA)
+            self._fast_max_bytes = min(cut, len(self._prefix) + self._max_key_bytes)
 
     @property
     def node(self) -> Node:
         return self._node
+
+    def fence_reads(self) -> None:
+        """Wait for fast-path reads in flight and refuse new ones (before the store closes)."""
+        self._fence.close()
 
     @property
     def node_id(self) -> str:
@@ -284,6 +315,7 @@ class AsyncCache:
         self._local = bytes(me in ring.preference_list(p, n) for p in range(ring.q))
         self._partition_of = ring.partition_of
         self._fast = resolve_quorum(self._r, min(n, len(view.nodes))) == 1
+        self._all_local = self._fast and all(self._local)
         self._view = view
 
     def replicates(self, key: bytes | str) -> bool:
@@ -297,28 +329,57 @@ class AsyncCache:
     def lookup_local(self, key: object) -> Any:
         """The fast path: the resolved value from the local store when r is 1 and this member
         replicates the key; MISSING when there is no live value; REMOTE when the fast path does
-        not apply. Runs in the calling thread."""
-        stored = self._prefix + self._key(key)
-        view = self._coordinator.membership
-        if view is not self._view:
-            self._refresh(view)
-        if not self._fast or not self._local[self._partition_of(stored)]:
-            return REMOTE
-        return self.resolve(self._engine.get(_DATA, stored))
+        not apply. Runs in the calling thread, without the event loop; the common case (one
+        live value without expiry) is kept free of further calls."""
+        kind = type(key)
+        if kind is str:
+            raw = key.encode()  # type: ignore[attr-defined]
+        elif kind is bytes:
+            raw = key
+        else:
+            raw = self._key(key)
+        stored = self._prefix + raw
+        if self._coordinator.membership is not self._view:
+            self._refresh(self._coordinator.membership)
+        if not self._all_local and (not self._fast or not self._local[self._partition_of(stored)]):
+            return REMOTE  # (the remote path checks the key's size)
+        if len(stored) <= self._fast_max_bytes:  # LMDB, a key within the limit and the cut
+            inflight = self._inflight
+            inflight.append(None)
+            try:
+                if self._fence.closed:
+                    raise CacheClosed("the cache is closed")
+                set_bytes = self._env.begin(db=self._dbi).get(stored)  # aborts as it is freed
+            finally:
+                inflight.pop()
+        else:
+            self._key(raw)  # KeyTooLarge
+            set_bytes = self._engine.get(_DATA, stored)
+        if set_bytes is None:
+            return MISSING
+        raws = self._values(set_bytes)
+        if len(raws) == 1:
+            first = raws[0]
+            if first.startswith(_LIVE_FOREVER, 8) and len(first) > _HEADER_BYTES:
+                if first[_HEADER_BYTES] == TAG_BYTES:
+                    return first[_HEADER_BYTES + 1 :]
+                return self._codec.decode(first[_HEADER_BYTES:])
+        return self._resolve_raws(raws)
 
     def resolve(self, set_bytes: bytes | None) -> Any:
         """The value a get returns for a stored version set (MISSING when none is live)."""
         if set_bytes is None:
             return MISSING
-        raws = self._values(set_bytes)
+        return self._resolve_raws(self._values(set_bytes))
+
+    def _resolve_raws(self, raws: list[bytes]) -> Any:
         if len(raws) == 1:
-            raw = raws[0]
-            _ts, flags, expiry_ms = _HEADER.unpack_from(raw)
-            if not flags and (not expiry_ms or expiry_ms > self._clock.now_ms()):
-                return self._decode_at(raw, _DATA_OFFSET)
-            objects.decode_envelope(raw)  # VersionError for unknown flags
+            envelope = objects.decode_envelope(raws[0])
+            if envelope.visible(self._clock.now_ms()):
+                return self._codec.decode(envelope.data)
             return MISSING
-        return self._resolve_siblings(raws)
+        winner = self._winner_of(raws)
+        return MISSING if winner is None else winner[1]
 
     def _candidates(self, envelopes: list[objects.Envelope]) -> list[tuple[int, bytes, Any]]:
         """(timestamp_ms, stored data, value) of the live siblings, oldest first; counter
@@ -355,10 +416,6 @@ class AsyncCache:
         if any(e.tombstone and e.timestamp_ms >= ts for e in envelopes):
             return None
         return data, value
-
-    def _resolve_siblings(self, raws: list[bytes]) -> Any:
-        winner = self._winner_of(raws)
-        return MISSING if winner is None else winner[1]
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -727,7 +784,11 @@ async def open_cache_with(settings: CacheSettings) -> AsyncIterator[AsyncCache]:
             membership=view,
         ) as node:
             started = True
-            yield AsyncCache(node, settings)
+            cache = AsyncCache(node, settings)
+            try:
+                yield cache
+            finally:
+                cache.fence_reads()
     except BaseExceptionGroup as group:
         leaves = exception_leaves(group)
         if started or len(leaves) != 1:
@@ -893,8 +954,18 @@ class Cache(MutableMapping[Any, Any]):
         return self._loop.call(self._async.lookup, key, r)
 
     def get(self, key: object, default: Any = None, *, r: QuorumSpec | None = None) -> Any:
-        """The value of `key`, or `default` when it has none (absent, deleted or expired)."""
-        found = self._lookup(key, r)
+        """The value of `key`, or `default` when it has none (absent, deleted or expired).
+        With r=1 (the default) and a key this member replicates, served in this thread from
+        the local store."""
+        if r is None:
+            try:
+                found = self._lookup_local(key)
+            except StorageClosed:
+                raise CacheClosed("the cache is closed") from None
+            if found is REMOTE:
+                found = self._loop.call(self._async.lookup, key, None)
+        else:
+            found = self._loop.call(self._async.lookup, key, r)
         return default if found is MISSING else found
 
     def get_versions(self, key: object, *, r: QuorumSpec | None = None) -> Versions:

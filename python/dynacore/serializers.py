@@ -200,12 +200,6 @@ class ValueCodec:
             return counters.decode(data[1:]).value
         return self._reader(tag).loads(data[1:])
 
-    def decode_at(self, raw: bytes, offset: int) -> Any:
-        """decode(raw[offset:]) without copying the payload twice (the read fast path)."""
-        if len(raw) > offset and raw[offset] == TAG_BYTES:
-            return raw[offset + 1 :]
-        return self.decode(raw[offset:])
-
     def _reader(self, tag: int) -> Serializer:
         if tag == self.serializer.tag:
             return self.serializer

@@ -392,3 +392,31 @@ def test_a_cache_that_cannot_start_raises_and_leaves_nothing(tmp_path: Path) -> 
     with pytest.raises(ConfigError):  # the directory belongs to another node id
         Cache(tmp_path / "one", node_id="beta", members="beta@127.0.0.1:0")
     assert _our_threads(before) == []
+
+
+def test_closing_under_concurrent_local_reads_is_clean(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "c", sync=False)
+    c.set_many({f"k{i}": b"v" * 50 for i in range(100)})
+    outcomes: list[str] = []
+    started = threading.Barrier(5)
+
+    def reader() -> None:
+        started.wait()
+        try:
+            while True:
+                for i in range(100):
+                    assert c.get(f"k{i}") == b"v" * 50
+        except CacheClosed:
+            outcomes.append("closed")
+        except BaseException as exc:
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    started.wait()
+    c.close()
+    for t in threads:
+        t.join()
+    assert outcomes == ["closed"] * 4
+    assert _lmdb_fds(tmp_path / "c") == []

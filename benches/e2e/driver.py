@@ -244,8 +244,9 @@ async def asyncio_read_line() -> str:
 
 
 async def main_dynacore(args: argparse.Namespace) -> None:
-    from dynacore import backend
     from dynacore.client import AsyncClient
+
+    from dynacore import backend
 
     async with AsyncClient(args.address, secret=args.secret) as client:
         info = {"backend": backend, "pid": os.getpid(), "r": args.r, "w": args.w}
@@ -281,7 +282,7 @@ async def main_redis_threads(args: argparse.Namespace) -> None:
     import redis
 
     host, port = args.address[0].rsplit(":", 1)
-    pool = redis.BlockingConnectionPool(
+    pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call]
         host=host, port=int(port), max_connections=args.concurrency, timeout=10
     )
     client = redis.Redis(connection_pool=pool)

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+
 import redis
 
 from dynacore.localcluster import free_ports

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import math
 import sys
@@ -91,10 +92,9 @@ def verdict(results: Sequence[Result]) -> list[str]:
 def plot(results: Sequence[Result], out_dir: Path) -> list[Path]:
     """Throughput and latency-percentile bar charts per workload, as PNG (needs matplotlib)."""
     try:
-        import matplotlib
-
+        matplotlib = importlib.import_module("matplotlib")
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = importlib.import_module("matplotlib.pyplot")
     except ImportError:
         print("matplotlib is not installed: no plots", file=sys.stderr)
         return []
@@ -136,7 +136,7 @@ def plot(results: Sequence[Result], out_dir: Path) -> list[Path]:
 
 def run_all(config: BenchConfig, work_dir: Path, profile_dir: Path | None = None) -> list[Result]:
     """Every implementation in turn, every workload on each; with `profile_dir`, py-spy samples
-    the dynacore nodes and driver during workload B (see profile.py)."""
+    the driver (and the dynacore nodes) during workload B (see profile.py)."""
     results: list[Result] = []
     for impl in config.impls:
         with open_impl(impl, config, work_dir) as session:
@@ -148,7 +148,7 @@ def run_all(config: BenchConfig, work_dir: Path, profile_dir: Path | None = None
                     file=sys.stderr,
                 )
             for workload in config.workloads:
-                if profile_dir is not None and impl.startswith("dynacore-") and workload == "B":
+                if profile_dir is not None and workload == "B":
                     from .profile import profile_run
 
                     result = profile_run(session, workload, profile_dir / impl)

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import json
 import math
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -155,9 +156,11 @@ def run_all(config: BenchConfig, work_dir: Path, profile_dir: Path | None = None
                 else:
                     result = session.run(workload)
                 s = result.summary
+                machine_load = result.info["loadavg_1m_after"]
                 print(
                     f"[{impl}] {workload}: {s.ops_per_s:,.0f} ops/s p50 {s.p50_ms:.2f} ms "
-                    f"p99 {s.p99_ms:.2f} ms errors {s.errors} misses {s.misses}",
+                    f"p99 {s.p99_ms:.2f} ms errors {s.errors} misses {s.misses} "
+                    f"(machine load {machine_load:.1f} on {os.cpu_count()} cores)",
                     file=sys.stderr,
                 )
                 results.append(result)

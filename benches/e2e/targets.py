@@ -206,8 +206,10 @@ class ImplSession:
             "duration_s": config.duration_s,
         }
         timeout_s = config.warmup_s + config.duration_s + REPLY_SLACK_S
+        load_before = os.getloadavg()[0]
         summary = self.driver.request(command, timeout_s)
-        return Result(self.impl, workload, summary, self.driver.info)
+        machine = {"loadavg_1m_before": load_before, "loadavg_1m_after": os.getloadavg()[0]}
+        return Result(self.impl, workload, summary, {**self.driver.info, **machine})
 
     def load_records(self) -> ycsb.Summary:
         summary = self.driver.request(

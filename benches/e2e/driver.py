@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import psutil
 import trio
 
 from . import ycsb
@@ -51,6 +53,26 @@ class TooManyErrors(RuntimeError):
     pass
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds (user + system, all threads) used so far by this process and by servers."""
+
+    driver_s: float
+    servers_s: float
+
+    @staticmethod
+    def take(server_pids: list[int]) -> CpuSnapshot:
+        own = os.times()
+        servers = 0.0
+        for pid in server_pids:
+            try:
+                cpu = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            servers += cpu.user + cpu.system
+        return CpuSnapshot(own.user + own.system, servers)
+
+
 @dataclass
 class RunState:
     """Shared by the workers of one run (one event loop thread: no locks needed)."""
@@ -59,6 +81,8 @@ class RunState:
     value: bytes
     record_from_ns: int  # ops that start before this are warm-up: run, not recorded
     stop_at_ns: int  # no op starts at or after this
+    cpu_pids: list[int] = field(default_factory=list)  # server processes whose CPU is counted
+    cpu_start: CpuSnapshot | None = None
     next_op: int = 0
     latencies_ns: list[int] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
@@ -67,8 +91,11 @@ class RunState:
 
     def take(self) -> tuple[bool, int] | None:
         """The next (is_read, record index), or None when the run is over."""
-        if time.perf_counter_ns() >= self.stop_at_ns:
+        now_ns = time.perf_counter_ns()
+        if now_ns >= self.stop_at_ns:
             return None
+        if self.cpu_start is None and now_ns >= self.record_from_ns:
+            self.cpu_start = CpuSnapshot.take(self.cpu_pids)
         position = self.next_op
         if position >= len(self.plan.indexes):
             if not self.plan.cyclic:
@@ -104,25 +131,37 @@ async def worker(store: Store, state: RunState) -> None:
 def new_state(command: dict[str, Any], value: bytes) -> RunState:
     """The state of the run a command asks for (load or run)."""
     records = int(command["records"])
+    cpu_pids = [int(pid) for pid in command.get("cpu_pids", [])]
     now_ns = time.perf_counter_ns()
     if command["cmd"] == "load":
-        return RunState(ycsb.load_plan(records), value, now_ns, now_ns + int(MAX_DURATION_S * 1e9))
+        stop_at_ns = now_ns + int(MAX_DURATION_S * 1e9)
+        return RunState(ycsb.load_plan(records), value, now_ns, stop_at_ns, cpu_pids)
     warmup_s = float(command["warmup_s"])
     duration_s = float(command["duration_s"])
     if not (0.0 <= warmup_s and 0.0 < duration_s and warmup_s + duration_s <= MAX_DURATION_S):
         raise ValueError(f"bad warmup_s/duration_s: {warmup_s}/{duration_s}")
-    plan = ycsb.workload_plan(
-        ycsb.workload(str(command["workload"])), records, int(command["seed"])
-    )
+    mix = ycsb.workload(str(command["workload"]))
+    plan = ycsb.workload_plan(mix, records, int(command["seed"]))
     now_ns = time.perf_counter_ns()  # the plan took a moment to build
     record_from_ns = now_ns + int(warmup_s * 1e9)
-    return RunState(plan, value, record_from_ns, record_from_ns + int(duration_s * 1e9))
+    stop_at_ns = record_from_ns + int(duration_s * 1e9)
+    return RunState(plan, value, record_from_ns, stop_at_ns, cpu_pids)
 
 
 def finish(state: RunState) -> ycsb.Summary:
-    start_ns = state.record_from_ns
-    duration_s = max(state.last_done_ns - start_ns, 1) / 1e9
-    return ycsb.summarize(state.latencies_ns, duration_s, dict(state.errors), state.misses)
+    """The run's summary; CPU per op counts from the first recorded op to the end of the run
+    (the last in-flight ops finish just after the window: a slight overcount)."""
+    cpu_end = CpuSnapshot.take(state.cpu_pids)
+    duration_s = max(state.last_done_ns - state.record_from_ns, 1) / 1e9
+    summary = ycsb.summarize(state.latencies_ns, duration_s, dict(state.errors), state.misses)
+    start = state.cpu_start
+    if start is None or not summary.ops:
+        return summary
+    return dataclasses.replace(
+        summary,
+        driver_cpu_us_per_op=round((cpu_end.driver_s - start.driver_s) / summary.ops * 1e6, 1),
+        server_cpu_us_per_op=round((cpu_end.servers_s - start.servers_s) / summary.ops * 1e6, 1),
+    )
 
 
 def reply(message: dict[str, Any]) -> None:

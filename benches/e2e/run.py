@@ -42,7 +42,10 @@ def ratio(result: Result, results: Sequence[Result]) -> float:
 
 def table(results: Sequence[Result], markdown: bool = False) -> str:
     """The side-by-side table: one row per (workload, implementation)."""
-    header = ["workload", "impl", "ops/s", "p50 ms", "p95 ms", "p99 ms", "x redis", "errors"]
+    header = [
+        "workload", "impl", "ops/s", "p50 ms", "p95 ms", "p99 ms", "x redis",
+        "server CPU µs/op", "client CPU µs/op", "errors",
+    ]  # fmt: skip
     rows = []
     for result in sorted(results, key=lambda r: r.workload):
         s = result.summary
@@ -56,6 +59,8 @@ def table(results: Sequence[Result], markdown: bool = False) -> str:
                 f"{s.p95_ms:.2f}",
                 f"{s.p99_ms:.2f}",
                 f"{ratio(result, results):.2f}",
+                f"{s.server_cpu_us_per_op:.0f}",
+                f"{s.driver_cpu_us_per_op:.0f}",
                 str(s.errors + s.misses),
             ]
         )

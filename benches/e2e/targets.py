@@ -204,6 +204,7 @@ class ImplSession:
             "seed": config.seed,
             "warmup_s": config.warmup_s,
             "duration_s": config.duration_s,
+            "cpu_pids": self.server_pids,
         }
         timeout_s = config.warmup_s + config.duration_s + REPLY_SLACK_S
         load_before = os.getloadavg()[0]
@@ -212,9 +213,8 @@ class ImplSession:
         return Result(self.impl, workload, summary, {**self.driver.info, **machine})
 
     def load_records(self) -> ycsb.Summary:
-        summary = self.driver.request(
-            {"cmd": "load", "records": self.config.records}, LOAD_TIMEOUT_S
-        )
+        command = {"cmd": "load", "records": self.config.records, "cpu_pids": self.server_pids}
+        summary = self.driver.request(command, LOAD_TIMEOUT_S)
         if summary.errors or summary.ops != self.config.records:
             raise procs.BenchError(f"{self.impl}: load incomplete: {summary}")
         self.load = summary

@@ -138,6 +138,7 @@ def test_driver_against_redis_end_to_end(tmp_path: Path) -> None:
     s = result.summary
     assert s.ops > 0 and s.errors == 0 and s.misses == 0
     assert 0 < s.p50_ms <= s.p95_ms <= s.p99_ms <= s.max_ms
+    assert s.server_cpu_us_per_op > 0 and s.driver_cpu_us_per_op > 0  # both measured (not nan)
     assert result.info["client"] == "redis.asyncio"
     assert not any(_alive(pid) for pid in [driver_pid, *server_pids])
     text = table([result, Result("dynacore-rust", "B", s)])

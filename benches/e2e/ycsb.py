@@ -173,6 +173,10 @@ class Summary:
     p99_ms: float
     max_ms: float
     error_kinds: dict[str, int]
+    # CPU seconds per op (user + system) in microseconds, when measured: the load driver's own
+    # process, and the servers' processes together; nan when not measured
+    driver_cpu_us_per_op: float = math.nan
+    server_cpu_us_per_op: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

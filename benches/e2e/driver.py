@@ -9,12 +9,13 @@ The same `worker` coroutine drives every target; only the concurrency runtime di
   asyncio, one TaskGroup of workers;
 - redis-threads: redis-py's blocking client from trio through a thread per worker.
 
-Commands:
+Commands (a run may name `cpu_pids`: server processes whose CPU per op it reports):
+  {"cmd": "prepare", "workload": "B", "records": N, "seed": S}   (build the plan ahead)
   {"cmd": "load", "records": N}
   {"cmd": "run", "workload": "B", "records": N, "warmup_s": 1.0, "duration_s": 10.0}
   {"cmd": "quit"}
-Replies: {"ok": true, "summary": {...}} or {"ok": false, "error": "..."}; first line after
-connecting: {"ok": true, "ready": true, "info": {...}}.
+Replies: {"ok": true, "summary": {...}} ({"ok": true} to prepare) or {"ok": false, "error": "..."};
+the first line, once connected: {"ok": true, "ready": true, "info": {...}}.
 """
 
 from __future__ import annotations
@@ -128,7 +129,22 @@ async def worker(store: Store, state: RunState) -> None:
             state.last_done_ns = done_ns
 
 
-def new_state(command: dict[str, Any], value: bytes) -> RunState:
+class PlanCache:
+    """The workload plans this driver built, by (workload, records, seed): a plan is built once
+    (on `prepare`, before any measurement) and replayed by every later run."""
+
+    def __init__(self) -> None:
+        self.plans: dict[tuple[str, int, int], ycsb.Plan] = {}
+
+    def get(self, command: dict[str, Any]) -> ycsb.Plan:
+        mix = ycsb.workload(str(command["workload"]))
+        key = (mix.name, int(command["records"]), int(command["seed"]))
+        if key not in self.plans:
+            self.plans[key] = ycsb.workload_plan(mix, key[1], key[2])
+        return self.plans[key]
+
+
+def new_state(command: dict[str, Any], value: bytes, plans: PlanCache) -> RunState:
     """The state of the run a command asks for (load or run)."""
     records = int(command["records"])
     cpu_pids = [int(pid) for pid in command.get("cpu_pids", [])]
@@ -140,9 +156,8 @@ def new_state(command: dict[str, Any], value: bytes) -> RunState:
     duration_s = float(command["duration_s"])
     if not (0.0 <= warmup_s and 0.0 < duration_s and warmup_s + duration_s <= MAX_DURATION_S):
         raise ValueError(f"bad warmup_s/duration_s: {warmup_s}/{duration_s}")
-    mix = ycsb.workload(str(command["workload"]))
-    plan = ycsb.workload_plan(mix, records, int(command["seed"]))
-    now_ns = time.perf_counter_ns()  # the plan took a moment to build
+    plan = plans.get(command)
+    now_ns = time.perf_counter_ns()  # the plan may have taken a moment to build
     record_from_ns = now_ns + int(warmup_s * 1e9)
     stop_at_ns = record_from_ns + int(duration_s * 1e9)
     return RunState(plan, value, record_from_ns, stop_at_ns, cpu_pids)
@@ -236,20 +251,29 @@ async def serve_commands(
 ) -> None:
     """Answer commands until quit or EOF; every run is `args.concurrency` workers."""
     value = ycsb.value_of(args.seed, args.value_size_bytes)
+    plans = PlanCache()
     reply({"ok": True, "ready": True, "info": info})
     while line := await read_line():
         command = json.loads(line)
         if command.get("cmd") == "quit":
             break
-        reply(await execute(store, spawn, command, value, args.concurrency))
+        reply(await execute(store, spawn, command, value, plans, args.concurrency))
 
 
 async def execute(
-    store: Store, spawn: Spawn, command: dict[str, Any], value: bytes, concurrency: int
+    store: Store,
+    spawn: Spawn,
+    command: dict[str, Any],
+    value: bytes,
+    plans: PlanCache,
+    concurrency: int,
 ) -> dict[str, Any]:
-    """Run one load or workload command; the reply to send."""
+    """Run one prepare, load or workload command; the reply to send."""
     try:
-        state = new_state(command, value)
+        if command["cmd"] == "prepare":
+            plans.get(command)
+            return {"ok": True}
+        state = new_state(command, value, plans)
     except (ValueError, KeyError, TypeError) as exc:
         return {"ok": False, "error": f"bad command {command!r}: {type(exc).__name__}: {exc}"}
     failure = ""

@@ -3,8 +3,10 @@ one workload runs, and the samples become a table of where the time goes (self a
 share per function, aggregated over the nodes), beside each process's CPU use from psutil.
 
 py-spy is a sampling profiler that attaches to a running process (`pip install py-spy`; it needs
-ptrace, which root has). Only on-CPU samples count (py-spy drops idle threads by default), so a
-share is "of the time this process spent running Python or native code".
+ptrace, which root has). Idle threads are not sampled (py-spy drops threads that sleep), but a
+thread that is runnable and waiting for a core is: on a loaded machine a share is "of the time
+the process wanted to run". The µs-per-op figures scale the shares by the CPU per op the driver
+measured (servers' and its own), which is the load-independent measure.
 """
 
 from __future__ import annotations
@@ -62,9 +64,44 @@ class Profile:
                 anywhere[frame] += count
         return self._shares(anywhere)
 
+    def area_shares(self) -> list[tuple[str, float]]:
+        """Self time grouped by the code area of the innermost frame (see `area_of`)."""
+        areas: Counter[str] = Counter()
+        for stack, count in self.stacks.items():
+            areas[area_of(stack[-1])] += count
+        return self._shares(areas)
+
     def _shares(self, counts: Counter[str]) -> list[tuple[str, float]]:
         total = max(self.samples, 1)
         return [(frame, count / total) for frame, count in counts.most_common()]
+
+
+AREAS: tuple[tuple[str, str], ...] = (  # (path prefix, area), first match wins
+    ("trio/_core/_thread_cache.py", "trio threads (to_thread)"),
+    ("trio/_threads.py", "trio threads (to_thread)"),
+    ("trio/_core/_io_epoll.py", "trio epoll (I/O wait and wake-ups)"),
+    ("trio/_core/", "trio scheduler"),
+    ("trio/", "trio sockets, streams, channels"),
+    ("outcome/", "trio scheduler"),
+    ("<attrs generated", "trio scheduler"),
+    ("redis/", "redis-py"),
+    ("asyncio/", "asyncio"),
+    ("e2e/", "benchmark driver"),
+)
+
+
+def area_of(frame: str) -> str:
+    """The code area of a frame `function (path)`: dynacore's subpackage or module, trio's
+    scheduler / epoll / sockets / threads, or the library; Rust calls count in their caller."""
+    _, _, path = frame.rpartition(" (")
+    path = path.rstrip(")")
+    if path.startswith("dynacore/"):
+        parts = path.split("/")
+        return "dynacore/" + parts[1] + ("/" if len(parts) > 2 else "")
+    for prefix, area in AREAS:
+        if path.startswith(prefix) or frame.startswith(prefix):
+            return area
+    return "stdlib and other (" + path.split("/")[0] + ")"
 
 
 def parse_raw(text: str) -> Counter[tuple[str, ...]]:
@@ -154,7 +191,17 @@ def summarize(
     parts = [("nodes", node_files)] if node_files else []
     for title, files in [*parts, ("driver", [out_dir / "driver.txt"])]:
         profile = load_profile(files)
-        lines.append(f"\n== {title}: {profile.samples} on-CPU samples ==")
+        cpu_us = s.driver_cpu_us_per_op if title == "driver" else s.server_cpu_us_per_op
+        lines.append(
+            f"\n== {title}: {profile.samples} samples; CPU {cpu_us:.0f} µs per op "
+            f"({'the driver' if title == 'driver' else 'all nodes together'}) =="
+        )
+        lines.append("-- self time by area (share, and µs of CPU per op) --")
+        lines += [
+            f"{share:6.1%}  {share * cpu_us:7.1f} µs  {area}"
+            for area, share in profile.area_shares()
+            if share >= 0.005
+        ]
         for label, shares in (
             ("self (innermost frame)", profile.self_shares()),
             ("inclusive (anywhere on the stack)", profile.inclusive_shares()),

@@ -152,12 +152,17 @@ class DriverProcess:
             raise procs.BenchError(f"driver failed: {reply.get('error')}")
         return reply
 
-    def request(self, command: dict[str, Any], timeout_s: float) -> ycsb.Summary:
+    def send(self, command: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        """One command, its (successful) reply; BenchError for an error reply or none."""
         stdin = self.process.stdin
         assert stdin is not None
         stdin.write(json.dumps(command) + "\n")
         stdin.flush()
-        return ycsb.Summary.from_json(self._read_reply(timeout_s)["summary"])
+        return self._read_reply(timeout_s)
+
+    def request(self, command: dict[str, Any], timeout_s: float) -> ycsb.Summary:
+        """A load or run command: its summary."""
+        return ycsb.Summary.from_json(self.send(command, timeout_s)["summary"])
 
     @property
     def pid(self) -> int:
@@ -211,6 +216,12 @@ class ImplSession:
         summary = self.driver.request(command, timeout_s)
         machine = {"loadavg_1m_before": load_before, "loadavg_1m_after": os.getloadavg()[0]}
         return Result(self.impl, workload, summary, {**self.driver.info, **machine})
+
+    def prepare(self) -> None:
+        """Have the driver build every workload's plan now, outside any measured window."""
+        for workload in self.config.workloads:
+            command = {"workload": workload, "records": self.config.records}
+            self.driver.send({"cmd": "prepare", "seed": self.config.seed, **command}, 60.0)
 
     def load_records(self) -> ycsb.Summary:
         command = {"cmd": "load", "records": self.config.records, "cpu_pids": self.server_pids}
@@ -281,5 +292,6 @@ def open_impl(impl: str, config: BenchConfig, work_dir: Path) -> Iterator[ImplSe
     opener = open_redis if impl in REDIS_IMPLS else open_dynacore
     started = time.monotonic()
     with opener(impl, config, work_dir) as session:
+        session.prepare()
         print(f"[{impl}] ready in {time.monotonic() - started:.1f}s", file=sys.stderr)
         yield session

@@ -1,15 +1,30 @@
 """dynacore: a Dynamo-style, always-writable, replicated key-value store.
 
 `dynacore.backend` names the implementation of the hot paths in use ("rust", "cython" or
-"python"), chosen by DYNACORE_BACKEND=auto|rust|cython|python.
+"python"), chosen by DYNACORE_BACKEND=auto|rust|cython|python. `dynacore.Client` (sync) and
+`dynacore.AsyncClient` (trio) talk to a cluster; `resolve_lww` / `resolve_with` resolve siblings.
 """
 
 from __future__ import annotations
 
 from dynacore import errors
 from dynacore._backend import backend
+from dynacore.client import AsyncClient, Client, GetResult, resolve_lww, resolve_with
+from dynacore.config import NodeConfig, load_config
 from dynacore.limits import Limits
 
 __version__ = "0.1.0"
 
-__all__ = ["Limits", "__version__", "backend", "errors"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "GetResult",
+    "Limits",
+    "NodeConfig",
+    "__version__",
+    "backend",
+    "errors",
+    "load_config",
+    "resolve_lww",
+    "resolve_with",
+]

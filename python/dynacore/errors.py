@@ -126,3 +126,11 @@ class QuorumNotMet(DynacoreError):
 
 class RemoteError(DynacoreError):
     """A node answered a request with an error that has no more specific class here."""
+
+
+# -- cluster membership ----------------------------------------------------------------------------
+
+
+class ClusterError(DynacoreError, ValueError):
+    """A membership change is refused (bad plan, handoff in progress) or a gossiped cluster state
+    is malformed."""

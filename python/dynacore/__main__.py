@@ -1,0 +1,5 @@
+"""`python -m dynacore` is the `dynacore` command."""
+
+from dynacore.cli import main
+
+main()

@@ -1,0 +1,299 @@
+"""The `dynacore` command line: serve a node, run a local cluster, talk to a cluster, run the demo.
+
+Configuration for `serve` comes from a TOML file, overridden by DYNACORE_* environment variables,
+then by flags (dynacore.config does the layering). Client commands find the cluster through
+--seeds (or DYNACORE_SEEDS). Output is rich tables; errors are one red line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from dynacore.errors import DynacoreError
+
+console = Console(highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_SEEDS = "127.0.0.1:7001"
+
+
+def _seeds_option(func: F) -> F:
+    func = click.option(
+        "--seeds",
+        envvar="DYNACORE_SEEDS",
+        default=DEFAULT_SEEDS,
+        show_default=True,
+        help="Comma-separated host:port of any cluster nodes.",
+    )(func)
+    func = click.option(
+        "--secret", envvar="DYNACORE_CLUSTER_SECRET", default="", help="Cluster secret."
+    )(func)
+    return func
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dynacore")
+def main() -> None:
+    """dynacore: a Dynamo-style replicated key-value store."""
+
+
+# -- serve -------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML file.")
+@click.option("--node-id", help="This node's id (default: from config or the listen address).")
+@click.option("--listen", help="host:port to listen on.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="LMDB data directory.")
+@click.option("--seeds", help="Comma-separated host:port of seed nodes.")
+@click.option("--members", help="Initial static members: id@host:port,...")
+@click.option("--partitions", type=int, help="Number of partitions Q (a power of two).")
+@click.option("--n", "n_val", type=int, help="Default replication factor N.")
+@click.option("--sync/--no-sync", default=None, help="Durable commits (default on).")
+@click.option("--secret", help="Cluster secret (or DYNACORE_CLUSTER_SECRET).")
+def serve(
+    config_path: str | None,
+    node_id: str | None,
+    listen: str | None,
+    data_dir: str | None,
+    seeds: str | None,
+    members: str | None,
+    partitions: int | None,
+    n_val: int | None,
+    sync: bool | None,
+    secret: str | None,
+) -> None:
+    """Run one node in the foreground until SIGTERM or Ctrl-C."""
+    from dynacore.config import load_config
+    from dynacore.node import run_node_forever
+
+    overrides: dict[str, Any] = {
+        "node_id": node_id,
+        "listen": listen,
+        "data_dir": data_dir,
+        "seeds": _split(seeds) if seeds is not None else None,
+        "members": _split(members) if members is not None else None,
+        "partitions": partitions,
+        "n": n_val,
+        "sync": sync,
+        "cluster_secret": secret,
+    }
+    _setup_logging()
+    config = load_config(config_path, overrides=overrides)
+    run_node_forever(config, on_ready=lambda address: console.print(f"listening on {address}"))
+
+
+# -- local cluster -----------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--nodes", "nodes_count", default=3, show_default=True, help="Number of nodes.")
+@click.option("--base-dir", type=click.Path(file_okay=False), help="Where the data dirs go.")
+@click.option("--partitions", default=64, show_default=True, help="Partitions Q.")
+@click.option("--n", "n_val", default=3, show_default=True, help="Replication factor N.")
+def cluster(nodes_count: int, base_dir: str | None, partitions: int, n_val: int) -> None:
+    """Run a local multi-process cluster on 127.0.0.1 until Ctrl-C or SIGTERM."""
+    from dynacore.localcluster import LocalCluster
+
+    base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="dynacore-cluster-"))
+    local = LocalCluster(base, nodes_count=nodes_count, partitions=partitions, n=n_val)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    local.start()
+    table = Table(title=f"dynacore local cluster ({base})")
+    for column in ("node", "address", "data dir", "pid"):
+        table.add_column(column)
+    for node in local.nodes:
+        pid = str(node.process.pid) if node.process else "-"
+        table.add_row(node.node_id, node.address, str(node.data_dir), pid)
+    console.print(table)
+    seeds = ",".join(local.addresses)
+    console.print(f"Connect: dynacore get KEY --seeds {seeds}")
+    console.print(f"     or: dynacore.Client([{', '.join(repr(a) for a in local.addresses)}])")
+    console.print("Ctrl-C or SIGTERM stops every node cleanly.")
+    while not stop.wait(0.5):
+        dead = [node.node_id for node in local.nodes if not node.running]
+        if dead:
+            console.print(f"[red]node(s) exited: {', '.join(dead)}; stopping[/red]")
+            break
+    codes = local.stop()
+    console.print(f"stopped; exit codes {codes}")
+
+
+# -- client commands ---------------------------------------------------------------------------
+
+
+def _client(seeds: str, secret: str) -> Any:
+    from dynacore.client import Client
+
+    return Client(_split(seeds), secret=secret)
+
+
+def _run(action: Callable[[], None]) -> None:
+    try:
+        action()
+    except DynacoreError as exc:
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}")
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("key")
+@click.argument("value")
+@click.option("--context", default="", help="Causal context (hex) from a previous get.")
+@click.option("--w", default=None, help="Write quorum: integer, one, quorum or all.")
+@click.option("--ttl", type=float, default=None, help="Time to live in seconds.")
+@_seeds_option
+def put(
+    key: str, value: str, context: str, w: str | None, ttl: float | None, seeds: str, secret: str
+) -> None:
+    """Write VALUE under KEY."""
+
+    def action() -> None:
+        with _client(seeds, secret) as client:
+            ctx = client.put(key, value, context=bytes.fromhex(context) or None, w=_q(w), ttl=ttl)
+        console.print(f"ok; context {ctx.hex()}")
+
+    _run(action)
+
+
+@main.command()
+@click.argument("key")
+@click.option("--r", default=None, help="Read quorum: integer, one, quorum or all.")
+@_seeds_option
+def get(key: str, r: str | None, seeds: str, secret: str) -> None:
+    """Read KEY: every sibling value and the causal context."""
+
+    def action() -> None:
+        with _client(seeds, secret) as client:
+            result = client.get(key, r=_q(r))
+        if not result.values:
+            console.print("(not found)")
+        for index, value in enumerate(result.values):
+            console.print(f"sibling {index + 1}: {_show(value)}")
+        console.print(f"context {result.context.hex()}")
+
+    _run(action)
+
+
+@main.command()
+@click.argument("key")
+@click.option("--context", default="", help="Causal context (hex) from a previous get.")
+@click.option("--w", default=None, help="Write quorum.")
+@_seeds_option
+def delete(key: str, context: str, w: str | None, seeds: str, secret: str) -> None:
+    """Delete KEY (a tombstone written with the context)."""
+
+    def action() -> None:
+        with _client(seeds, secret) as client:
+            client.delete(key, context=bytes.fromhex(context) or None, w=_q(w))
+        console.print("deleted")
+
+    _run(action)
+
+
+@main.command()
+@_seeds_option
+def status(seeds: str, secret: str) -> None:
+    """A nodetool-like table of the cluster as each node sees it."""
+
+    def action() -> None:
+        with _client(seeds, secret) as client:
+            seen_by = client.status()
+            rows = []
+            for peer in (seen_by, *seen_by.peers):
+                try:
+                    rows.append((peer, client.status(peer.address)))
+                except DynacoreError:
+                    rows.append((peer, None))
+        table = Table(title=f"dynacore status (up/down as {seen_by.node_id} sees it)")
+        for column in ("node", "address", "state", "owned %", "keys", "pending hints"):
+            table.add_column(column)
+        for peer, node in rows:
+            up = getattr(peer, "up", True) and node is not None
+            state = "[green]up[/green]" if up else "[red]down[/red]"
+            if node is None:
+                table.add_row(peer.node_id, peer.address, state, "-", "-", "-")
+                continue
+            owned = 100.0 * node.partitions_owned / node.partitions
+            table.add_row(
+                node.node_id,
+                node.address,
+                state,
+                f"{owned:.1f}",
+                str(node.key_count),
+                str(node.pending_hints),
+            )
+        console.print(table)
+
+    _run(action)
+
+
+@main.command()
+@click.option("--nodes", "nodes_count", default=3, show_default=True)
+def demo(nodes_count: int) -> None:
+    """Start a local cluster, run a short workload against it, print what happened, stop."""
+    from dynacore.demo import run_demo
+
+    sys.exit(run_demo(nodes_count, console))
+
+
+# -- membership commands (join, leave, plan, commit, transfers): owned by the membership work --
+
+
+# -- end membership commands --------------------------------------------------------------------
+#
+#
+#
+# -- anti-entropy commands (repair, aae-status): owned by the anti-entropy work -----------------
+
+
+# -- end anti-entropy commands ------------------------------------------------------------------
+#
+#
+#
+
+
+def _setup_logging() -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]
+    )
+
+
+def _q(text: str | None) -> int | str | None:
+    if text is None:
+        return None
+    return int(text) if text.isdigit() else text
+
+
+def _show(value: bytes) -> str:
+    try:
+        return repr(value.decode("utf-8"))
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

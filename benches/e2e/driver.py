@@ -307,9 +307,7 @@ async def asyncio_read_line() -> str:
 
 
 async def main_dynacore(args: argparse.Namespace) -> None:
-    from dynacore.client import AsyncClient
-
-    from dynacore import backend
+    from dynacore import AsyncClient, backend
 
     async with AsyncClient(args.address, secret=args.secret) as client:
         info = {"backend": backend, "pid": os.getpid(), "r": args.r, "w": args.w}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -247,8 +248,11 @@ def open_redis(impl: str, config: BenchConfig, work_dir: Path) -> Iterator[ImplS
             yield session
 
 
-def loaded_marker(cluster_dir: Path, records: int) -> Path:
-    return cluster_dir / f"loaded-{records}"
+def loaded_marker(cluster_dir: Path, config: BenchConfig) -> Path:
+    """Present once a load of this shape completed in `cluster_dir` (reused by later modes, and
+    by later runs given the same --work-dir)."""
+    shape = f"{config.records}r-{config.value_size_bytes}b-{config.nodes}x{config.partitions}q"
+    return cluster_dir / f"loaded-{shape}-n{config.n}-seed{config.seed}"
 
 
 @contextmanager
@@ -274,15 +278,33 @@ def open_dynacore(impl: str, config: BenchConfig, work_dir: Path) -> Iterator[Im
                 raise procs.BenchError(f"driver runs backend {driver.info.get('backend')}")
             pids = [node.process.pid for node in cluster.nodes if node.process is not None]
             session = ImplSession(impl, config, driver, pids)
-            marker = loaded_marker(cluster_dir, config.records)
+            marker = loaded_marker(cluster_dir, config)
             if not marker.exists():
                 session.load_records()
                 marker.touch()
             yield session
     finally:
-        codes = cluster.stop()
-        if any(code not in (0, None) for code in codes):
+        codes = stop_cluster(cluster)
+        if any(code != 0 for code in codes):
             print(f"warning: dynacore node exit codes {codes}", file=sys.stderr)
+
+
+def stop_cluster(
+    cluster: LocalCluster, timeout_s: float = procs.STOP_TIMEOUT_S
+) -> list[int | None]:
+    """One SIGTERM to every node, then wait for each (SIGKILL after `timeout_s`). Not
+    LocalCluster.stop(): it signals each node twice, and a second SIGTERM during a node's clean
+    shutdown kills it (exit -15)."""
+    for node in cluster.nodes:
+        node.signal(signal.SIGTERM)
+    codes = []
+    for node in cluster.nodes:
+        code = node.wait(timeout_s)
+        if code is None and node.running:
+            node.kill()
+            code = node.wait(timeout_s)
+        codes.append(code)
+    return codes
 
 
 @contextmanager

@@ -15,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from . import ycsb
 from .targets import QUICK, BenchConfig, Result, check_impl, open_impl
@@ -92,7 +93,23 @@ def verdict(results: Sequence[Result]) -> list[str]:
             f"-> target (>= {TARGET_RATIO:.0%}, p99 <= {TARGET_P99_MS} ms) "
             f"{'met' if ok else 'NOT met'}"
         )
+        base = baseline_of(results, "B")
+        if base is not None:
+            lines.append("  " + cpu_comparison(result, base))
     return lines
+
+
+def cpu_comparison(result: Result, base: Result) -> str:
+    """CPU per op beside the baseline's: the figure a loaded machine does not distort."""
+    mine, theirs = result.summary, base.summary
+    total = mine.server_cpu_us_per_op + mine.driver_cpu_us_per_op
+    base_total = theirs.server_cpu_us_per_op + theirs.driver_cpu_us_per_op
+    return (
+        f"CPU per op: servers {mine.server_cpu_us_per_op:.0f} µs + client "
+        f"{mine.driver_cpu_us_per_op:.0f} µs = {total:.0f} µs, vs {base.impl} "
+        f"{theirs.server_cpu_us_per_op:.0f} + {theirs.driver_cpu_us_per_op:.0f} = "
+        f"{base_total:.0f} µs ({total / base_total:.1f}x)"
+    )
 
 
 def plot(results: Sequence[Result], out_dir: Path) -> list[Path]:
@@ -197,6 +214,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, argparse.Namesp
         "--profile", type=Path, help="py-spy the dynacore processes during workload B; reports here"
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    parser.add_argument("--report", type=Path, help="print the table of a --json file; no run")
     args = parser.parse_args(argv)
     config = QUICK if args.quick else BenchConfig()
     changes: dict[str, object] = {}
@@ -216,24 +234,37 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchConfig, argparse.Namesp
     return config, args
 
 
+def to_json(config: BenchConfig, results: Sequence[Result]) -> dict[str, Any]:
+    return {
+        "config": dataclasses.asdict(config),
+        "results": [
+            {"impl": r.impl, "workload": r.workload, "summary": r.summary.to_json(), "info": r.info}
+            for r in results
+        ],
+    }
+
+
+def from_json(payload: dict[str, Any]) -> list[Result]:
+    return [
+        Result(r["impl"], r["workload"], ycsb.Summary.from_json(r["summary"]), r["info"])
+        for r in payload["results"]
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     config, args = parse_args(argv)
-    print(f"config: {config}", file=sys.stderr)
-    with tempfile.TemporaryDirectory(prefix="dynacore-e2e-") as tmp:
-        work_dir = args.work_dir if args.work_dir is not None else Path(tmp)
-        results = run_all(config, work_dir, args.profile)
+    if args.report is not None:
+        results = from_json(json.loads(args.report.read_text()))
+    else:
+        print(f"config: {config}", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="dynacore-e2e-") as tmp:
+            work_dir = args.work_dir if args.work_dir is not None else Path(tmp)
+            results = run_all(config, work_dir, args.profile)
+        if args.json is not None:
+            args.json.write_text(json.dumps(to_json(config, results), indent=2))
     print(table(results, markdown=args.markdown))
     for line in verdict(results):
         print(line)
-    if args.json is not None:
-        payload = {
-            "config": dataclasses.asdict(config),
-            "results": [
-                {"impl": r.impl, "workload": r.workload, **r.summary.to_json(), "info": r.info}
-                for r in results
-            ],
-        }
-        args.json.write_text(json.dumps(payload, indent=2))
     if args.plot is not None:
         for path in plot(results, args.plot):
             print(f"plot: {path}", file=sys.stderr)

@@ -5,6 +5,7 @@ protocol against a real Redis, bad commands included.
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from . import procs, ycsb
 from .profile import Profile, parse_raw
 from .redis_pair import RedisPair
-from .run import table, verdict
+from .run import from_json, table, to_json, verdict
 from .targets import BenchConfig, DriverProcess, Result, open_impl
 
 SMALL = BenchConfig(records=2_000, warmup_s=0.1, duration_s=0.5, impls=("redis",))
@@ -141,6 +142,7 @@ def test_driver_against_redis_end_to_end(tmp_path: Path) -> None:
     assert s.server_cpu_us_per_op > 0 and s.driver_cpu_us_per_op > 0  # both measured (not nan)
     assert result.info["client"] == "redis.asyncio"
     assert not any(_alive(pid) for pid in [driver_pid, *server_pids])
+    assert from_json(json.loads(json.dumps(to_json(SMALL, [result])))) == [result]
     text = table([result, Result("dynacore-rust", "B", s)])
     assert "1.00" in text and "redis" in text
     assert verdict([Result("redis", "B", s), Result("dynacore-rust", "B", s)])[0].endswith(

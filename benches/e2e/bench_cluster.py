@@ -77,6 +77,8 @@ def test_ycsb(
         p95_ms=s.p95_ms,
         p99_ms=s.p99_ms,
         ops=s.ops,
+        server_cpu_us_per_op=s.server_cpu_us_per_op,
+        client_cpu_us_per_op=s.driver_cpu_us_per_op,
         ratio_to_redis=round(s.ops_per_s / base.summary.ops_per_s, 3) if base else None,
         client=result.info,
     )

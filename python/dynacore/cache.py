@@ -21,13 +21,11 @@ member replicates (all keys when it is alone or n covers every member).
 
 from __future__ import annotations
 
-import enum
 import functools
 import hashlib
 import logging
 import random
 import threading
-import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -47,6 +45,7 @@ import trio
 
 from dynacore import cachewrite, objects
 from dynacore._backend import versions
+from dynacore.cacheread import DATA_DB, MISSING, REMOTE, LocalReader, ReadFence, Resolver
 from dynacore.cachewrite import OP_DELETE, OP_INCR, OP_SET, WriteRequest
 from dynacore.client import AsyncClient
 from dynacore.config import (
@@ -54,33 +53,25 @@ from dynacore.config import (
     QuorumSpec,
     check_quorum_spec,
     parse_members,
-    resolve_quorum,
 )
 from dynacore.coordinator import Clock, exception_leaves
-from dynacore.counters import decode as decode_counter
 from dynacore.counters import fits as counter_fits
-from dynacore.counters import merge_all
 from dynacore.errors import (
     CacheClosed,
     ConfigError,
-    KeyTooLarge,
     SerializationError,
-    StorageClosed,
     StorageError,
 )
 from dynacore.limits import DEFAULT_N, DEFAULT_PARTITIONS, Limits
 from dynacore.membership import Membership
 from dynacore.net.transport import Transport
 from dynacore.node import Node, open_node
-from dynacore.serializers import TAG_BYTES, TAG_COUNTER, Serializer, ValueCodec
-from dynacore.storage import LmdbEngine
+from dynacore.serializers import Serializer, ValueCodec
 
 log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
-Resolver = Callable[[list[Any]], Any]
-"""Picks (or merges) one value from the live siblings, given oldest write first."""
 
 DEFAULT_CACHE_LISTEN: Final = "127.0.0.1:0"
 STANDALONE_NODE_ID: Final = "cache"
@@ -88,38 +79,6 @@ MAX_TTL_S: Final = 10 * 365 * 24 * 3600.0
 MAX_CONCURRENT_BATCH: Final = 64  # requests in flight for one get_many / set_many / clear
 SCAN_CHUNK_KEYS: Final = 1024  # keys read per scan step of iteration and clear
 MEMO_PREFIX: Final = b"memo:"
-FENCE_TIMEOUT_S: Final = 10.0  # a read transaction takes microseconds; this is a safety net
-_DATA: Final = "data"
-_HEADER_BYTES: Final = objects.HEADER_SIZE  # the envelope header: timestamp, flags, expiry
-_LIVE_FOREVER: Final = bytes(9)  # envelope flags 0 (no tombstone) and expiry 0 (never)
-_TAG_COUNTER_BYTE: Final = bytes((TAG_COUNTER,))
-
-
-class _ReadFence:
-    """Lets fast-path reads in any thread finish before the store closes, and refuses new ones
-    after, without a lock on the read path: a reader appends to `inflight`, then checks
-    `closed`; `close` sets `closed`, then waits for `inflight` to drain. list.append/pop are
-    atomic under the GIL, so either the reader sees `closed` or `close` sees the reader."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self.inflight: list[None] = []
-
-    def close(self) -> None:
-        self.closed = True
-        deadline = time.monotonic() + FENCE_TIMEOUT_S
-        while self.inflight:
-            assert time.monotonic() < deadline, "a fast-path read did not finish"
-            time.sleep(0.0001)
-
-
-class _Sentinel(enum.Enum):
-    MISSING = "missing"  # no live value
-    REMOTE = "remote"  # the fast path does not apply: ask the coordinator
-
-
-MISSING: Final = _Sentinel.MISSING
-REMOTE: Final = _Sentinel.REMOTE
 
 
 @dataclass(frozen=True)
@@ -252,36 +211,31 @@ class AsyncCache:
         self._engine = node.engine
         self._clock = node.clock
         self._limits = node.config.limits
-        self._max_key_bytes = self._limits.key_size_bytes
         self._namespace = settings.namespace
         self._prefix = objects.object_key(settings.namespace, b"")
         self._r = settings.r
         self._w = settings.w
-        self._resolver = settings.resolver
         self._codec = settings.codec
         self._key_type = settings.key_type
-        self._values = versions.values
-        self._view: Membership | None = None
-        self._local: bytes = b""  # per partition: 1 when this member replicates it
-        self._partition_of: Callable[[bytes], int] = lambda _key: 0
-        self._fast = False  # r resolves to 1 for this view
-        self._all_local = False  # and this member replicates every partition
-        self._fence = _ReadFence()
-        self._inflight = self._fence.inflight
-        self._env: Any = None  # LMDB: the fast path runs its own read transactions
-        self._dbi: Any = None
-        self._fast_max_bytes = -1  # stored keys up to this size take the LMDB fast path
-        if isinstance(self._engine, LmdbEngine):
-            self._env, self._dbi, cut = self._engine.read_handle(_DATA)
-            self._fast_max_bytes = min(cut, len(self._prefix) + self._max_key_bytes)
+        self.fence = ReadFence()
+        self.reader = LocalReader()
+        self.reader._init_reader(
+            node,
+            namespace=settings.namespace,
+            r=settings.r,
+            resolver=settings.resolver,
+            codec=settings.codec,
+            fence=self.fence,
+        )
+        self._key = self.reader.key_bytes
+        self._winner = self.reader.winner
+        self.lookup_local = self.reader.lookup_local
+        self.resolve = self.reader.resolve
+        self.replicates = self.reader.replicates
 
     @property
     def node(self) -> Node:
         return self._node
-
-    def fence_reads(self) -> None:
-        """Wait for fast-path reads in flight and refuse new ones (before the store closes)."""
-        self._fence.close()
 
     @property
     def node_id(self) -> str:
@@ -291,131 +245,6 @@ class AsyncCache:
     def address(self) -> str:
         """The "host:port" this member listens on."""
         return self._node.address
-
-    # -- keys, views, resolution (sync) -----------------------------------------------------------
-
-    def _key(self, key: object) -> bytes:
-        if type(key) is bytes:
-            raw = key
-        elif isinstance(key, str):
-            raw = key.encode("utf-8")
-        elif isinstance(key, bytes | bytearray | memoryview):
-            raw = bytes(key)
-        else:
-            raise SerializationError(f"a cache key is bytes or str, got {type(key).__name__}")
-        if len(raw) > self._max_key_bytes:
-            raise KeyTooLarge(f"key is {len(raw)} bytes; the limit is {self._max_key_bytes}")
-        return raw
-
-    def _refresh(self, view: Membership) -> None:
-        """Recompute which partitions this member replicates (the view changed)."""
-        n = view.n_for(self._namespace)
-        me = self._node.node_id
-        ring = view.ring
-        self._local = bytes(me in ring.preference_list(p, n) for p in range(ring.q))
-        self._partition_of = ring.partition_of
-        self._fast = resolve_quorum(self._r, min(n, len(view.nodes))) == 1
-        self._all_local = self._fast and all(self._local)
-        self._view = view
-
-    def replicates(self, key: bytes | str) -> bool:
-        """True when this member holds a replica of `key` (its reads can be local)."""
-        stored = self._prefix + self._key(key)
-        view = self._coordinator.membership
-        if view is not self._view:
-            self._refresh(view)
-        return bool(self._local[self._partition_of(stored)])
-
-    def lookup_local(self, key: object) -> Any:
-        """The fast path: the resolved value from the local store when r is 1 and this member
-        replicates the key; MISSING when there is no live value; REMOTE when the fast path does
-        not apply. Runs in the calling thread, without the event loop; the common case (one
-        live value without expiry) is kept free of further calls."""
-        kind = type(key)
-        if kind is str:
-            raw = key.encode()  # type: ignore[attr-defined]
-        elif kind is bytes:
-            raw = key
-        else:
-            raw = self._key(key)
-        stored = self._prefix + raw
-        if self._coordinator.membership is not self._view:
-            self._refresh(self._coordinator.membership)
-        if not self._all_local and (not self._fast or not self._local[self._partition_of(stored)]):
-            return REMOTE  # (the remote path checks the key's size)
-        if len(stored) <= self._fast_max_bytes:  # LMDB, a key within the limit and the cut
-            inflight = self._inflight
-            inflight.append(None)
-            try:
-                if self._fence.closed:
-                    raise CacheClosed("the cache is closed")
-                set_bytes = self._env.begin(db=self._dbi).get(stored)  # aborts as it is freed
-            finally:
-                inflight.pop()
-        else:
-            self._key(raw)  # KeyTooLarge
-            set_bytes = self._engine.get(_DATA, stored)
-        if set_bytes is None:
-            return MISSING
-        raws = self._values(set_bytes)
-        if len(raws) == 1:
-            first = raws[0]
-            if first.startswith(_LIVE_FOREVER, 8) and len(first) > _HEADER_BYTES:
-                if first[_HEADER_BYTES] == TAG_BYTES:
-                    return first[_HEADER_BYTES + 1 :]
-                return self._codec.decode(first[_HEADER_BYTES:])
-        return self._resolve_raws(raws)
-
-    def resolve(self, set_bytes: bytes | None) -> Any:
-        """The value a get returns for a stored version set (MISSING when none is live)."""
-        if set_bytes is None:
-            return MISSING
-        return self._resolve_raws(self._values(set_bytes))
-
-    def _resolve_raws(self, raws: list[bytes]) -> Any:
-        if len(raws) == 1:
-            envelope = objects.decode_envelope(raws[0])
-            if envelope.visible(self._clock.now_ms()):
-                return self._codec.decode(envelope.data)
-            return MISSING
-        winner = self._winner_of(raws)
-        return MISSING if winner is None else winner[1]
-
-    def _candidates(self, envelopes: list[objects.Envelope]) -> list[tuple[int, bytes, Any]]:
-        """(timestamp_ms, stored data, value) of the live siblings, oldest first; counter
-        siblings merged into one (at the newest of their timestamps)."""
-        now_ms = self._clock.now_ms()
-        live = [e for e in envelopes if e.visible(now_ms)]
-        counters = [e for e in live if e.data[:1] == _TAG_COUNTER_BYTE]
-        out: list[tuple[int, bytes, Any]] = [
-            (e.timestamp_ms, e.data, MISSING) for e in live if e.data[:1] != _TAG_COUNTER_BYTE
-        ]
-        if counters:
-            merged = merge_all([decode_counter(e.data[1:]) for e in counters])
-            data = _TAG_COUNTER_BYTE + merged.encode()
-            out.append((max(e.timestamp_ms for e in counters), data, merged.value))
-        out.sort(key=lambda c: (c[0], c[1]))
-        decode = self._codec.decode
-        return [(ts, data, decode(data) if value is MISSING else value) for ts, data, value in out]
-
-    def _winner(self, set_bytes: bytes | None) -> tuple[bytes, Any] | None:
-        """(stored data, value) of the resolved value; None when nothing is live."""
-        return None if set_bytes is None else self._winner_of(self._values(set_bytes))
-
-    def _winner_of(self, raws: list[bytes]) -> tuple[bytes, Any] | None:
-        """The winner among encoded envelopes. With the default resolver a tombstone at least
-        as new as every live value wins (the key is deleted)."""
-        envelopes = [objects.decode_envelope(raw) for raw in raws]
-        candidates = self._candidates(envelopes)
-        if not candidates:
-            return None
-        if self._resolver is not None:
-            value = self._resolver([value for _, _, value in candidates])
-            return self._codec.encode(value, now_ms=self._clock.now_ms()), value
-        ts, data, value = candidates[-1]
-        if any(e.tombstone and e.timestamp_ms >= ts for e in envelopes):
-            return None
-        return data, value
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -447,7 +276,7 @@ class AsyncCache:
         if merged is None:
             return Versions(values=[], timestamps_ms=[], context=b"", siblings=0)
         now_ms = self._clock.now_ms()
-        envelopes = [objects.decode_envelope(raw) for raw in self._values(merged)]
+        envelopes = [objects.decode_envelope(raw) for raw in versions.values(merged)]
         live = sorted((e for e in envelopes if e.visible(now_ms)), key=_age)
         return Versions(
             values=[self._codec.decode(e.data) for e in live],
@@ -610,7 +439,7 @@ class AsyncCache:
             start = start + after + b"\0"
         out: list[bytes] = []
         while len(out) < limit:
-            chunk = self._engine.scan(_DATA, start, end, limit)
+            chunk = self._engine.scan(DATA_DB, start, end, limit)
             for stored, set_bytes in chunk:
                 if self.resolve(set_bytes) is not MISSING:
                     out.append(stored[len(self._prefix) :])
@@ -669,7 +498,7 @@ class AsyncCache:
             raise SerializationError(f"memoize cannot key arguments of {name}: {exc}") from exc
         digest = hashlib.blake2b(encoded, digest_size=20).hexdigest()
         key = MEMO_PREFIX + name.encode("utf-8") + b":" + digest.encode()
-        if len(key) > self._max_key_bytes:
+        if len(key) > self._limits.key_size_bytes:
             short = hashlib.blake2b(name.encode("utf-8"), digest_size=8).hexdigest()
             key = MEMO_PREFIX + short.encode() + b":" + digest.encode()
         return key
@@ -788,7 +617,7 @@ async def open_cache_with(settings: CacheSettings) -> AsyncIterator[AsyncCache]:
             try:
                 yield cache
             finally:
-                cache.fence_reads()
+                cache.fence.close()  # fast-path reads end before the store closes
     except BaseExceptionGroup as group:
         leaves = exception_leaves(group)
         if started or len(leaves) != 1:
@@ -878,7 +707,7 @@ class _LoopThread:
         self._thread.join()
 
 
-class Cache(MutableMapping[Any, Any]):
+class Cache(LocalReader, MutableMapping[Any, Any]):
     """An embedded replicated cache: this process becomes a cluster member.
 
     Options (keyword-only after `seeds`):
@@ -910,10 +739,22 @@ class Cache(MutableMapping[Any, Any]):
         seeds: Sequence[str] | str = (),
         **options: Any,
     ) -> None:
-        self._loop = _LoopThread(cache_settings(data_dir, listen, seeds, **options))
+        settings = cache_settings(data_dir, listen, seeds, **options)
+        self._loop = _LoopThread(settings)
         assert self._loop.cache is not None
         self._async: AsyncCache = self._loop.cache
-        self._lookup_local = self._async.lookup_local
+        self._init_reader(
+            self._async.node,
+            namespace=settings.namespace,
+            r=settings.r,
+            resolver=settings.resolver,
+            codec=settings.codec,
+            fence=self._async.fence,
+        )
+
+    def _remote_get(self, key: object, default: Any, r: QuorumSpec | None) -> Any:
+        found = self._loop.call(self._async.lookup, key, r)
+        return default if found is MISSING else found
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -937,36 +778,11 @@ class Cache(MutableMapping[Any, Any]):
         """The "host:port" this member listens on."""
         return self._async.address
 
-    def replicates(self, key: bytes | str) -> bool:
-        """True when this member holds a replica of `key`."""
-        return self._async.replicates(key)
+    # -- reads (get, replicates and lookup_local come from LocalReader) ---------------------------
 
-    # -- reads -------------------------------------------------------------------------------------
-
-    def _lookup(self, key: object, r: QuorumSpec | None = None) -> Any:
-        if r is None:
-            try:
-                found = self._lookup_local(key)
-            except StorageClosed:
-                raise CacheClosed("the cache is closed") from None
-            if found is not REMOTE:
-                return found
-        return self._loop.call(self._async.lookup, key, r)
-
-    def get(self, key: object, default: Any = None, *, r: QuorumSpec | None = None) -> Any:
-        """The value of `key`, or `default` when it has none (absent, deleted or expired).
-        With r=1 (the default) and a key this member replicates, served in this thread from
-        the local store."""
-        if r is None:
-            try:
-                found = self._lookup_local(key)
-            except StorageClosed:
-                raise CacheClosed("the cache is closed") from None
-            if found is REMOTE:
-                found = self._loop.call(self._async.lookup, key, None)
-        else:
-            found = self._loop.call(self._async.lookup, key, r)
-        return default if found is MISSING else found
+    def _lookup(self, key: object) -> Any:
+        """The value or MISSING (r=1)."""
+        return LocalReader.get(self, key, MISSING)
 
     def get_versions(self, key: object, *, r: QuorumSpec | None = None) -> Versions:
         """Every live sibling of `key` and the context to write their merge back with."""

@@ -789,8 +789,14 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
         return self._loop.call(self._async.get_versions, key, r=r)
 
     def get_many(self, keys: Iterable[object], *, r: QuorumSpec | None = None) -> dict[Any, Any]:
-        """{key: value} for the keys that have a value."""
-        return self._loop.call(self._async.get_many, list(keys), r=r)
+        """{key: value} for the keys that have a value (local ones read in this thread, the
+        others fetched concurrently in one crossing into the node's loop)."""
+        key_list = list(keys)
+        found = {k: self.lookup_local(k) if r is None else REMOTE for k in key_list}
+        remote = [k for k, value in found.items() if value is REMOTE]
+        if remote:
+            found.update(self._loop.call(self._async.get_many, remote, r=r or self._r))
+        return {k: v for k in key_list if (v := found[k]) is not MISSING and v is not REMOTE}
 
     # -- writes ------------------------------------------------------------------------------------
 

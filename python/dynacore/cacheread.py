@@ -195,7 +195,16 @@ class LocalReader:
     def lookup_local(self, key: object) -> Any:
         """The fast path alone: the value, MISSING (no live value), or REMOTE (it does not
         apply: r is not 1 or this member does not replicate the key)."""
+        if not self._serves(self._prefix + self.key_bytes(key)):
+            return REMOTE
         return LocalReader.get(self, key, MISSING)
+
+    def _serves(self, stored: bytes) -> bool:
+        """True when the fast path serves this stored key (r=1, a local replica)."""
+        view = self._coordinator.membership
+        if view is not self._view:
+            self._refresh(view)
+        return self._all_local or (self._fast and bool(self._local[self._partition_of(stored)]))
 
     # -- resolution --------------------------------------------------------------------------------
 

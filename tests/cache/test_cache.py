@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dynacore import Cache
+from dynacore.cacheread import REMOTE
 from dynacore.errors import (
     CacheClosed,
     ConfigError,
@@ -22,6 +23,7 @@ from dynacore.errors import (
     WrongType,
 )
 from dynacore.limits import Limits
+from dynacore.localcluster import free_ports
 from dynacore.serializers import JsonSerializer, PickleSerializer
 
 from .conftest import ManualClock
@@ -420,3 +422,26 @@ def test_closing_under_concurrent_local_reads_is_clean(tmp_path: Path) -> None:
         t.join()
     assert outcomes == ["closed"] * 4
     assert _lmdb_fds(tmp_path / "c") == []
+
+
+def test_two_sync_caches_in_one_process_share_a_cluster(tmp_path: Path) -> None:
+    ports = free_ports(2)
+    members = f"a@127.0.0.1:{ports[0]},b@127.0.0.1:{ports[1]}"
+    with (
+        Cache(tmp_path / "a", f"127.0.0.1:{ports[0]}", node_id="a", members=members, n=1) as a,
+        Cache(tmp_path / "b", f"127.0.0.1:{ports[1]}", node_id="b", members=members, n=1) as b,
+    ):
+        mine = next(k for k in (f"k{i}" for i in range(1000)) if a.replicates(k))
+        theirs = next(k for k in (f"k{i}" for i in range(1000)) if not a.replicates(k))
+        assert b.replicates(theirs) and not b.replicates(mine)
+        a.set_many({mine: 1, theirs: 2})
+        assert a.lookup_local(mine) == 1
+        assert a.lookup_local(theirs) is REMOTE
+        assert b.lookup_local(theirs) == 2
+        assert a.get_many([mine, theirs, "absent"]) == {mine: 1, theirs: 2}
+        assert a.get(theirs) == 2 and a[theirs] == 2 and theirs in a
+        assert b.get(mine, r=1) == 1
+        assert b.incr(mine) == 2
+        assert a.get(mine) == 2
+        assert list(a) == [mine]  # iteration covers this member's own keys
+        assert len(b) == 1

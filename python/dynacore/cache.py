@@ -26,6 +26,7 @@ import hashlib
 import logging
 import random
 import threading
+import weakref
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -751,6 +752,7 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
             codec=settings.codec,
             fence=self._async.fence,
         )
+        self._finalizer = weakref.finalize(self, self._loop.close)  # also at interpreter exit
 
     def _remote_get(self, key: object, default: Any, r: QuorumSpec | None) -> Any:
         found = self._loop.call(self._async.lookup, key, r)
@@ -761,7 +763,7 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
     def close(self) -> None:
         """Stop this member: its node, its thread, its store (idempotent). Writes already
         acknowledged are durable; replication still in flight is left to read repair."""
-        self._loop.close()
+        self._finalizer()
 
     def __enter__(self) -> Cache:
         return self

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from dynacore import objects
 from dynacore._backend import versions
@@ -45,6 +45,21 @@ class _Sentinel(enum.Enum):
 
 MISSING: Final = _Sentinel.MISSING
 REMOTE: Final = _Sentinel.REMOTE
+
+
+def _no_partition(_stored: bytes) -> int:
+    return 0
+
+
+class Route(NamedTuple):
+    """Where reads go under one cluster view: all_local (every partition is here and r=1),
+    fast (r resolves to 1), local[p] (1 when this member replicates partition p)."""
+
+    view: Membership | None
+    all_local: bool
+    fast: bool
+    local: bytes
+    partition_of: Callable[[bytes], int]
 
 
 class ReadFence:
@@ -89,11 +104,7 @@ class LocalReader:
         self._resolver = resolver
         self._codec = codec
         self._values = versions.values
-        self._view: Membership | None = None
-        self._local: bytes = b""  # per partition: 1 when this member replicates it
-        self._partition_of: Callable[[bytes], int] = lambda _key: 0
-        self._fast = False  # r resolves to 1 for this view
-        self._all_local = False  # and this member replicates every partition
+        self._route: Route = Route(None, False, False, b"", _no_partition)
         self._fence = fence
         self._inflight = fence.inflight
         self._env: Any = None  # LMDB: the fast path runs its own read transactions
@@ -123,23 +134,26 @@ class LocalReader:
             raise KeyTooLarge(f"key is {len(raw)} bytes; the limit is {self._max_key_bytes}")
         return raw
 
-    def _refresh(self, view: Membership) -> None:
-        """Recompute which partitions this member replicates (the view changed)."""
+    def _refresh(self, view: Membership) -> Route:
+        """Recompute which partitions this member replicates (the view changed). The route is
+        published as one object, so a reader in another thread never mixes two views."""
         n = view.n_for(self._namespace)
         ring = view.ring
-        self._local = bytes(self._node_id in ring.preference_list(p, n) for p in range(ring.q))
-        self._partition_of = ring.partition_of
-        self._fast = resolve_quorum(self._r, min(n, len(view.nodes))) == 1
-        self._all_local = self._fast and all(self._local)
-        self._view = view
+        local = bytes(self._node_id in ring.preference_list(p, n) for p in range(ring.q))
+        fast = resolve_quorum(self._r, min(n, len(view.nodes))) == 1
+        route = Route(view, fast and all(local), fast, local, ring.partition_of)
+        self._route = route
+        return route
+
+    def _current_route(self) -> Route:
+        route = self._route
+        view = self._coordinator.membership
+        return route if route.view is view else self._refresh(view)
 
     def replicates(self, key: bytes | str) -> bool:
         """True when this member holds a replica of `key` (its reads can be local)."""
-        stored = self._prefix + self.key_bytes(key)
-        view = self._coordinator.membership
-        if view is not self._view:
-            self._refresh(view)
-        return bool(self._local[self._partition_of(stored)])
+        route = self._current_route()
+        return bool(route.local[route.partition_of(self._prefix + self.key_bytes(key))])
 
     # -- the fast path -----------------------------------------------------------------------------
 
@@ -157,9 +171,10 @@ class LocalReader:
         else:
             raw = self.key_bytes(key)
         stored = self._prefix + raw
-        if self._coordinator.membership is not self._view:
-            self._refresh(self._coordinator.membership)
-        if not self._all_local and (not self._fast or not self._local[self._partition_of(stored)]):
+        route = self._route
+        if route[0] is not self._coordinator.membership:
+            route = self._refresh(self._coordinator.membership)
+        if not route[1] and (not route[2] or not route[3][route[4](stored)]):
             return self._remote_get(key, default, None)  # (it checks the key's size)
         if len(stored) <= self._fast_max_bytes:  # LMDB, a key within the limit and the cut
             inflight = self._inflight
@@ -167,7 +182,7 @@ class LocalReader:
             try:
                 if self._fence.closed:
                     raise CacheClosed("the cache is closed")
-                set_bytes = self._env.begin(db=self._dbi).get(stored)  # aborts as it is freed
+                set_bytes = self._env.begin(self._dbi).get(stored)  # (db) aborts as it is freed
             finally:
                 inflight.pop()
         else:
@@ -201,10 +216,8 @@ class LocalReader:
 
     def _serves(self, stored: bytes) -> bool:
         """True when the fast path serves this stored key (r=1, a local replica)."""
-        view = self._coordinator.membership
-        if view is not self._view:
-            self._refresh(view)
-        return self._all_local or (self._fast and bool(self._local[self._partition_of(stored)]))
+        route = self._current_route()
+        return route.all_local or (route.fast and bool(route.local[route.partition_of(stored)]))
 
     # -- resolution --------------------------------------------------------------------------------
 

@@ -7,6 +7,9 @@ applying every increment to its own entry inside its storage write transaction.
 A `set` of an int keeps the entries and moves the base (base = value − Σ(p − n)), so that an
 actor's totals never shrink and a later merge with an older concurrent sibling cannot hide its
 increments. Concurrent bases are resolved by the newest `base_ms` (ties: the larger base).
+A delete (or the expiry) of a counter drops its entries: increments made elsewhere concurrently
+with the delete may survive it, and an older concurrent sibling may shadow the first increments
+after it (Riak's counters have the same caveat); sequential delete-then-incr is exact.
 
 Encoding (big-endian): ``base i128 ‖ base_ms u64 ‖ count u16 ‖ (len u8 ‖ actor ‖ p u64 ‖
 n u64)*``, entries sorted by actor, each actor at most once.

@@ -42,6 +42,9 @@ FORWARD_TIMEOUT_FACTOR = 2.0  # a forwarded put waits for the remote coordinator
 UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down: try another
 
 Update = Callable[[bytes | None], bytes | None]
+Fallback = Callable[[str, bytes, bytes, set[str]], Awaitable[bool]]
+"""Sloppy quorum (cluster/hints.py): (down replica, stored key, set, fallbacks used by this put)
+-> True when another node took the write with a hint (it counts toward w)."""
 
 
 class Clock(Protocol):
@@ -97,6 +100,7 @@ class _Acks:
     pending: int
     count: int = 0
     settled: trio.Event = field(default_factory=trio.Event)
+    fallbacks: set[str] = field(default_factory=set)  # nodes holding a hint of this put
 
     def add(self) -> None:
         self.count += 1
@@ -172,6 +176,9 @@ class Coordinator:
         self.health = health if health is not None else PeerHealth()
         self._repairs = trio.CapacityLimiter(READ_REPAIR_MAX_IN_FLIGHT)
         self._tasks = trio.CapacityLimiter(BACKGROUND_MAX_TASKS)
+        # hooks of cluster/hints.py (sloppy quorum) and cluster/reaper.py (see counter_floor)
+        self.fallback: Fallback | None = None
+        self.counter_floor: Callable[[], int] = lambda: 0
 
     @property
     def timeout_s(self) -> float:
@@ -223,12 +230,15 @@ class Coordinator:
         return context
 
     def _put_fn(self, context: bytes, envelope: bytes) -> Update:
-        actor, limits = self.actor_id, self._limits
+        actor, limits, floor = self.actor_id, self._limits, self.counter_floor
         max_set_bytes = limits.frame_size_bytes - FRAME_HEADROOM_BYTES - limits.key_size_bytes
 
         def apply(old: bytes | None) -> bytes:
             base = old if old is not None else versions.empty()
-            new = versions.update(base, context or versions.vv_empty(), envelope, actor)
+            ctx = context or versions.vv_empty()
+            if old is None and floor() > 0:  # never reissue a dot of a reaped object
+                ctx = versions.vv_merge(ctx, versions.vv_from([(actor, floor())]))
+            new = versions.update(base, ctx, envelope, actor)
             siblings = versions.size(new)
             if siblings > limits.siblings_max:
                 raise TooManySiblings(
@@ -270,6 +280,8 @@ class Coordinator:
             if peer == self.node_id:
                 await self.replica_put(stored_key, new_set)
                 reply: list[Value] | None = []
+            elif self.fallback is not None and acks is not None and not self.health.is_up(peer):
+                reply = None  # believed down: straight to a sloppy-quorum fallback
             else:
                 fields = [stored_key, new_set]
                 reply = await self._call(peer, messages.REPLICA_PUT, fields, self.timeout_s)
@@ -278,6 +290,8 @@ class Coordinator:
             reply = None
         if acks is None:
             return
+        if reply is None and self.fallback is not None:
+            reply = [] if await self.fallback(peer, stored_key, new_set, acks.fallbacks) else None
         if reply is None:
             acks.fail()
         else:
@@ -437,6 +451,7 @@ def _single_bytes(reply: Sequence[Value], what: str) -> bytes:
 __all__ = [
     "Clock",
     "Coordinator",
+    "Fallback",
     "PeerHealth",
     "Store",
     "exception_leaves",

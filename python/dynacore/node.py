@@ -71,6 +71,7 @@ class Node:
         self.address = ""  # the bound "host:port", set once the server listens
         self._cancel_scope = cancel_scope
         self.extra_handlers: dict[int, Callable[[list[Any]], Awaitable[list[Any]]]] = {}
+        self.healing: SelfHealing | None = None  # hints, anti-entropy, reaper (set by open_node)
 
     @property
     def membership(self) -> Membership:
@@ -286,7 +287,7 @@ async def _run_node(
             )
             await heal.start(nursery)
             coordinator.fallback, coordinator.counter_floor = heal.handoff.fallback, heal.floor
-            node.extra_handlers.update(heal.handlers())
+            node.healing, node.extra_handlers = heal, heal.handlers()
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             node.address = await nursery.start(server.serve, transport, config.listen, node.handle)
             if view.addresses.get(config.node_id, "").endswith(":0"):  # advertise the bound port

@@ -24,10 +24,12 @@ from dynacore._backend import merkle, wire
 from dynacore.cluster.hints import (
     DATA_DB,
     SETS_PUT,
+    SETS_PUT_MAX_PAIRS,
     Handler,
     Health,
     HintedHandoff,
     Peers,
+    check_pairs,
     merge_into,
     merged,
     n_for_key,
@@ -35,6 +37,7 @@ from dynacore.cluster.hints import (
 from dynacore.cluster.reaper import CounterFloor, Reaper
 from dynacore.config import NodeConfig
 from dynacore.errors import ConnectionLost, DynacoreError, ProtocolError, Unavailable
+from dynacore.limits import MAX_N
 from dynacore.membership import Membership
 from dynacore.messages import expect
 from dynacore.net.messages import Value
@@ -43,10 +46,12 @@ from dynacore.storage import Engine, EngineStats, Update
 
 log = logging.getLogger(__name__)
 
-# -- messages (the self-healing range is 80–95; hints.py and reaper.py hold the others) ---------
+# -- messages (the self-healing range is 80–95; hints.py and reaper.py hold the others) ------------
 
 AAE_HASHES: Final = 82
-"""[partition, n, fanout, depth, level, indexes: list[int]] -> [hashes: list[bytes]]"""
+"""[partition, n, fanout, depth, level, parents: list[int]] -> [hashes: bytes]  the hashes at
+`level` of every child of each parent (at level - 1), in order, as one blob of 32-byte hashes;
+level 0 (parents []) is the root."""
 
 AAE_SEGMENTS: Final = 83
 """[partition, n, fanout, depth, indexes: list[int]] -> [segments: list[list[[key, digest]]]]
@@ -62,13 +67,14 @@ AAE_STATUS: Final = 88
 """[] -> [interval_s: float, trees: list[[partition, n, keys, last_exchange_ms, exchanges,
 keys_repaired, last_peer]], hints: list[[target, count]]]"""
 
-# -- bounds --------------------------------------------------------------------------------------
+# -- bounds ----------------------------------------------------------------------------------------
 
+HASH_BYTES = 32
 TREE_FANOUT = 16
 TREE_DEPTH = 3  # 4096 segments per tree
 BUILD_CHUNK_KEYS = 4096  # keys read per step of the start-up build (a checkpoint in between)
 DIRTY_MAX_KEYS = 8192  # dirty keys beyond this are hashed at once rather than before a read
-HASHES_PER_REQUEST = 4096  # inner-node hashes asked in one AAE_HASHES
+HASHES_PER_REQUEST = 8192  # inner-node hashes asked in one AAE_HASHES
 SEGMENTS_PER_REQUEST = 1024
 SYNC_BATCH_KEYS = 256  # differing keys fetched and merged per step
 MAX_LIST_ITEMS = 1 << 16  # any list in a request
@@ -167,7 +173,13 @@ class Trees:
         view = self._view()
         return view.ring.partition_of(key), n_for_key(view, key)
 
+    @property
+    def partitions(self) -> int:
+        return self._view().ring.q
+
     def ids(self) -> list[TreeId]:
+        """The trees that exist (a tree is made by the first key it holds)."""
+        self.flush()
         return sorted(self._trees)
 
     def mark(self, key: bytes) -> None:
@@ -203,6 +215,7 @@ class Trees:
         return self._trees.get(tid, self._empty)
 
     def size(self, tid: TreeId) -> int:
+        self.flush()
         tree = self._trees.get(tid)
         return 0 if tree is None else tree.size
 
@@ -238,6 +251,10 @@ class Replica:
         self.max_reply_bytes = max_reply_bytes
 
     def check_tid(self, partition: int, n: int, fanout: int, depth: int) -> TreeId:
+        """The TreeId a request names; ProtocolError for a bad one or another tree shape,
+        Unavailable while the trees are still being built."""
+        if not 0 <= partition < self.trees.partitions or not 1 <= n <= MAX_N:
+            raise ProtocolError(f"no tree ({partition}, {n}) in a ring of {self.trees.partitions}")
         if (fanout, depth) != (self.trees.fanout, self.trees.depth):
             raise ProtocolError(
                 f"tree shape {fanout}/{depth} differs from this node's "
@@ -249,6 +266,12 @@ class Replica:
 
     def hashes(self, tid: TreeId, level: int, indexes: Sequence[int]) -> list[bytes]:
         return self.trees.get(tid).hashes(level, indexes)
+
+    def children(self, tid: TreeId, level: int, parents: Sequence[int]) -> list[bytes]:
+        """The hashes at `level` of the children of `parents` (level 0: the root)."""
+        if level == 0:
+            return self.hashes(tid, 0, [0])
+        return self.hashes(tid, level, _children(parents, self.trees.fanout))
 
     def segments(self, tid: TreeId, indexes: Sequence[int]) -> list[list[tuple[bytes, bytes]]]:
         """The (key, digest) lists of a prefix of `indexes` that fits in one reply."""
@@ -278,13 +301,51 @@ class Replica:
     async def put_sets(self, pairs: Sequence[tuple[bytes, bytes]]) -> None:
         await merge_into(self.store, DATA_DB, pairs)
 
+    # -- handlers (the remote side of an exchange, and hint delivery) ------------------------------
+
+    def handlers(self) -> dict[int, Handler]:
+        return {
+            AAE_HASHES: self.handle_hashes,
+            AAE_SEGMENTS: self.handle_segments,
+            SETS_GET: self.handle_sets_get,
+            SETS_PUT: self.handle_sets_put,
+        }
+
+    async def handle_hashes(self, fields: list[Any]) -> list[Any]:
+        partition, n, fanout, depth, level, parents = expect(
+            fields, (int, int, int, int, int, list), "AAE_HASHES"
+        )
+        tid = self.check_tid(partition, n, fanout, depth)
+        _check_list(parents, int, "AAE_HASHES parents")
+        if len(parents) * fanout > HASHES_PER_REQUEST or (level == 0) != (not parents):
+            raise ProtocolError(f"AAE_HASHES: level {level} with {len(parents)} parents")
+        return [b"".join(self.children(tid, level, parents))]
+
+    async def handle_segments(self, fields: list[Any]) -> list[Any]:
+        partition, n, fanout, depth, indexes = expect(
+            fields, (int, int, int, int, list), "AAE_SEGMENTS"
+        )
+        tid = self.check_tid(partition, n, fanout, depth)
+        _check_list(indexes, int, "AAE_SEGMENTS indexes")
+        return [[[[key, digest] for key, digest in seg] for seg in self.segments(tid, indexes)]]
+
+    async def handle_sets_get(self, fields: list[Any]) -> list[Any]:
+        (keys,) = expect(fields, (list,), "SETS_GET")
+        _check_list(keys, bytes, "SETS_GET keys")
+        return [self.get_sets(keys)]
+
+    async def handle_sets_put(self, fields: list[Any]) -> list[Any]:
+        (items,) = expect(fields, (list,), "SETS_PUT")
+        await self.put_sets(check_pairs(items, "SETS_PUT", SETS_PUT_MAX_PAIRS))
+        return []
+
 
 class Remote(Protocol):
     """The other replica of an exchange."""
 
     bytes_sent: int  # requests and replies, as encoded frames
 
-    async def hashes(self, tid: TreeId, level: int, indexes: list[int]) -> list[bytes]: ...
+    async def children(self, tid: TreeId, level: int, parents: list[int]) -> list[bytes]: ...
 
     async def segments(
         self, tid: TreeId, indexes: list[int]
@@ -314,15 +375,17 @@ class FieldsRemote:
         self.bytes_sent += len(wire.encode_frame(msg_type, 0, reply))
         return reply
 
-    async def hashes(self, tid: TreeId, level: int, indexes: list[int]) -> list[bytes]:
+    async def children(self, tid: TreeId, level: int, parents: list[int]) -> list[bytes]:
         out: list[bytes] = []
-        for start in range(0, len(indexes), HASHES_PER_REQUEST):
-            chunk: list[Value] = list(indexes[start : start + HASHES_PER_REQUEST])
+        step = HASHES_PER_REQUEST // self._fanout
+        for start in range(0, max(len(parents), 1), step):
+            chunk: list[Value] = list(parents[start : start + step])
             fields: list[Value] = [*tid, self._fanout, self._depth, level, chunk]
-            (hashes,) = expect(await self._call(AAE_HASHES, fields), (list,), "AAE_HASHES reply")
-            if len(hashes) != len(chunk) or not all(isinstance(h, bytes) for h in hashes):
+            (blob,) = expect(await self._call(AAE_HASHES, fields), (bytes,), "AAE_HASHES reply")
+            expected = HASH_BYTES * (len(chunk) * self._fanout if level else 1)
+            if len(blob) != expected:
                 raise ProtocolError("AAE_HASHES reply does not match the request")
-            out.extend(hashes)
+            out.extend(blob[i : i + HASH_BYTES] for i in range(0, len(blob), HASH_BYTES))
         return out
 
     async def segments(self, tid: TreeId, indexes: list[int]) -> list[list[tuple[bytes, bytes]]]:
@@ -359,6 +422,19 @@ class FieldsRemote:
             batch.append([key, set_bytes])
         if batch:
             await self._call(SETS_PUT, [batch])
+
+
+def direct_send(handlers: dict[int, Handler], max_frame_bytes: int) -> Send:
+    """A Send that calls `handlers` in this process, with every request and reply going
+    through the wire codec as over a connection (tests and benches)."""
+
+    async def send(msg_type: int, fields: list[Value]) -> list[Value]:
+        frame = wire.encode_frame(msg_type, 1, fields)
+        _type, _id, decoded = wire.decode_frame(frame, max_frame_bytes)
+        reply = await handlers[msg_type](decoded)
+        return wire.decode_frame(wire.encode_frame(msg_type, 1, reply), max_frame_bytes)[2]
+
+    return send
 
 
 def _parse_segment(seg: object) -> list[tuple[bytes, bytes]]:
@@ -401,16 +477,20 @@ async def exchange(local: Replica, remote: Remote, tid: TreeId) -> ExchangeResul
 
 async def _differing_segments(local: Replica, remote: Remote, tid: TreeId) -> list[int]:
     """Descend from the roots into the inner nodes that differ; the differing segments."""
-    fanout, depth = local.trees.fanout, local.trees.depth
-    indexes = [0]
-    for level in range(depth + 1):
-        theirs = await remote.hashes(tid, level, indexes)
-        ours = local.hashes(tid, level, indexes)
-        differing = [i for i, a, b in zip(indexes, ours, theirs, strict=True) if a != b]
-        if not differing or level == depth:
-            return differing
-        indexes = [child for i in differing for child in range(i * fanout, (i + 1) * fanout)]
-    raise AssertionError("unreachable")  # pragma: no cover
+    fanout = local.trees.fanout
+    parents: list[int] = []
+    for level in range(local.trees.depth + 1):
+        theirs = await remote.children(tid, level, parents)
+        ours = local.children(tid, level, parents)
+        indexes = _children(parents, fanout) if level else [0]
+        parents = [i for i, a, b in zip(indexes, ours, theirs, strict=True) if a != b]
+        if not parents:
+            break
+    return parents
+
+
+def _children(parents: Sequence[int], fanout: int) -> list[int]:
+    return [child for i in parents for child in range(i * fanout, (i + 1) * fanout)]
 
 
 async def _differing_keys(
@@ -481,7 +561,7 @@ class AntiEntropy:
         self._cursor = 0
         self.stats: dict[TreeId, TreeStats] = {}
 
-    # -- schedule --------------------------------------------------------------------------------
+    # -- schedule ----------------------------------------------------------------------------------
 
     def schedule(self) -> list[tuple[TreeId, str]]:
         """Every (tree, peer) pair this node exchanges: its partitions, with each co-replica."""
@@ -569,34 +649,7 @@ class AntiEntropy:
     # -- handlers ----------------------------------------------------------------------------------
 
     def handlers(self) -> dict[int, Handler]:
-        return {
-            AAE_HASHES: self.handle_hashes,
-            AAE_SEGMENTS: self.handle_segments,
-            SETS_GET: self.handle_sets_get,
-            AAE_REPAIR: self.handle_repair,
-        }
-
-    async def handle_hashes(self, fields: list[Any]) -> list[Any]:
-        partition, n, fanout, depth, level, indexes = expect(
-            fields, (int, int, int, int, int, list), "AAE_HASHES"
-        )
-        tid = self.replica.check_tid(partition, n, fanout, depth)
-        _check_list(indexes, int, "AAE_HASHES indexes")
-        return [self.replica.hashes(tid, level, indexes)]
-
-    async def handle_segments(self, fields: list[Any]) -> list[Any]:
-        partition, n, fanout, depth, indexes = expect(
-            fields, (int, int, int, int, list), "AAE_SEGMENTS"
-        )
-        tid = self.replica.check_tid(partition, n, fanout, depth)
-        _check_list(indexes, int, "AAE_SEGMENTS indexes")
-        segs = self.replica.segments(tid, indexes)
-        return [[[[key, digest] for key, digest in seg] for seg in segs]]
-
-    async def handle_sets_get(self, fields: list[Any]) -> list[Any]:
-        (keys,) = expect(fields, (list,), "SETS_GET")
-        _check_list(keys, bytes, "SETS_GET keys")
-        return [self.replica.get_sets(keys)]
+        return {**self.replica.handlers(), AAE_REPAIR: self.handle_repair}
 
     async def handle_repair(self, fields: list[Any]) -> list[Any]:
         (partition,) = expect(fields, (int,), "AAE_REPAIR")
@@ -710,6 +763,7 @@ __all__ = [
     "Replica",
     "SelfHealing",
     "Trees",
+    "direct_send",
     "exchange",
     "sync_keys",
 ]

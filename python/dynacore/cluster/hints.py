@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 DATA_DB: Final = "data"
 HINTS_DB: Final = "hints"
 
-# -- messages (the self-healing range is 80–95) ------------------------------------------------
+# -- messages (the self-healing range is 80–95) ----------------------------------------------------
 
 SETS_PUT: Final = 80
 """[pairs: list[[stored_key: bytes, set: bytes]]] -> []  merge each set into the stored one
@@ -43,7 +43,7 @@ HINT_PUT: Final = 81
 """[target: str, stored_key: bytes, set: bytes] -> []  keep a hint for `target`; answered once
 durable (a sloppy-quorum fallback taking a write for a down replica)."""
 
-# -- bounds --------------------------------------------------------------------------------------
+# -- bounds ----------------------------------------------------------------------------------------
 
 HINT_BATCH_KEYS = 256  # hints per delivery request
 HINT_BATCH_BYTES = 1 * MIB  # and at most this many set bytes per request (one is always sent)
@@ -253,7 +253,7 @@ class HintStore:
             await self._store.update_many(HINTS_DB, ops[start : start + SETS_PUT_MAX_PAIRS])
 
 
-# -- sloppy quorum and handoff ------------------------------------------------------------------
+# -- sloppy quorum and handoff ---------------------------------------------------------------------
 
 
 class HintedHandoff:
@@ -276,7 +276,7 @@ class HintedHandoff:
         self._interval_s = interval_s
         self.delivered = 0  # hints handed back (and deleted) since start
 
-    # -- the coordinator's hook ------------------------------------------------------------------
+    # -- the coordinator's hook --------------------------------------------------------------------
 
     async def fallback(
         self, target: str, stored_key: bytes, set_bytes: bytes, used: set[str]
@@ -308,7 +308,7 @@ class HintedHandoff:
     # -- handlers ----------------------------------------------------------------------------------
 
     def handlers(self) -> dict[int, Handler]:
-        return {SETS_PUT: self.handle_sets_put, HINT_PUT: self.handle_hint_put}
+        return {HINT_PUT: self.handle_hint_put}
 
     async def handle_hint_put(self, fields: list[Any]) -> list[Any]:
         target, stored_key, set_bytes = expect(fields, (str, bytes, bytes), "HINT_PUT")
@@ -320,12 +320,6 @@ class HintedHandoff:
             await merge_into(self._store, DATA_DB, [(stored_key, set_bytes)])
         else:
             await self.hints.add(target, stored_key, set_bytes)
-        return []
-
-    async def handle_sets_put(self, fields: list[Any]) -> list[Any]:
-        (items,) = expect(fields, (list,), "SETS_PUT")
-        pairs = check_pairs(items, "SETS_PUT", SETS_PUT_MAX_PAIRS)
-        await merge_into(self._store, DATA_DB, pairs)
         return []
 
     # -- delivery ----------------------------------------------------------------------------------

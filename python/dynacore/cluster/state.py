@@ -160,7 +160,7 @@ class ClusterState:
         object.__setattr__(self, "staged_leaves", frozenset(self.staged_leaves))
         self._validate()
 
-    # -- invariants --------------------------------------------------------------------------------
+    # -- invariants ------------------------------------------------------------------------------
 
     def _validate(self) -> None:
         if not isinstance(self.n_val, int) or not 1 <= self.n_val <= MAX_N:
@@ -201,7 +201,7 @@ class ClusterState:
         if bad_leaves:
             raise ClusterError(f"staged leaves that are not ring nodes: {sorted(bad_leaves)}")
 
-    # -- construction ------------------------------------------------------------------------------
+    # -- construction ----------------------------------------------------------------------------
 
     @staticmethod
     def bootstrap(q: int, members: Mapping[str, str], n_val: int = DEFAULT_N) -> ClusterState:
@@ -225,7 +225,7 @@ class ClusterState:
         members.update(updates)
         return members
 
-    # -- queries -----------------------------------------------------------------------------------
+    # -- queries ---------------------------------------------------------------------------------
 
     @property
     def q(self) -> int:
@@ -273,7 +273,7 @@ class ClusterState:
         `is_up` is the local failure detector's verdict: it steers routing only."""
         return [n for n, m in self.members.items() if m.status in _SERVING and is_up(n)]
 
-    # -- staging and planning ----------------------------------------------------------------------
+    # -- staging and planning --------------------------------------------------------------------
 
     def _check_no_handoff(self, action: str) -> None:
         if self.pending is not None:
@@ -365,7 +365,7 @@ class ClusterState:
             raise ClusterError("the ring epoch is exhausted")
         return self.epoch + 1
 
-    # -- ownership handoff -------------------------------------------------------------------------
+    # -- ownership handoff -----------------------------------------------------------------------
 
     def moving_partitions(self) -> list[int]:
         """Partitions that must be handed off before the pending ring can become current: those
@@ -446,7 +446,7 @@ class ClusterState:
             return self
         return self._replace(members=self._with_members({node_id: old.bumped(address=address)}))
 
-    # -- routing -----------------------------------------------------------------------------------
+    # -- routing ---------------------------------------------------------------------------------
 
     def _check_n(self, n: int | None) -> int:
         if n is None:
@@ -473,7 +473,7 @@ class ClusterState:
             return self.pending.preference_list(partition, n)
         return self.ring.preference_list(partition, n)
 
-    # -- merge -------------------------------------------------------------------------------------
+    # -- merge -----------------------------------------------------------------------------------
 
     def _order_key(self) -> tuple[int, bytes, bytes]:
         return (self.epoch, _ring_key(self.ring), _ring_key(self.pending))
@@ -499,7 +499,7 @@ class ClusterState:
         winner = self if mine > theirs else other
         return winner._replace(members=members)
 
-    # -- encoding ----------------------------------------------------------------------------------
+    # -- encoding --------------------------------------------------------------------------------
 
     def encode(self) -> bytes:
         """The canonical bytes of this state: equal states, equal bytes."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import trio
@@ -25,6 +25,7 @@ from dynacore.cluster.hints import (
     DATA_DB,
     SETS_PUT,
     SETS_PUT_MAX_PAIRS,
+    UNREACHABLE,
     Handler,
     Health,
     HintedHandoff,
@@ -39,7 +40,7 @@ from dynacore.config import NodeConfig
 from dynacore.errors import ConnectionLost, DynacoreError, ProtocolError, Unavailable
 from dynacore.limits import MAX_N
 from dynacore.membership import Membership
-from dynacore.messages import expect
+from dynacore.messages import RING_GET, expect
 from dynacore.net.messages import Value
 from dynacore.net.rpc import RpcClient
 from dynacore.storage import Engine, EngineStats, Update
@@ -679,6 +680,119 @@ def _check_list(items: list[Any], kind: type, what: str) -> None:
         raise ProtocolError(f"{what}: every item must be {kind.__name__}")
 
 
+# -- the admin side (dynacore repair, dynacore aae-status) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeStatus:
+    """One tree of one node, as AAE_STATUS reports it."""
+
+    partition: int
+    n: int
+    keys: int
+    last_exchange_ms: int  # 0: never
+    exchanges: int
+    keys_repaired: int
+    last_peer: str
+
+
+@dataclass(frozen=True)
+class NodeAaeStatus:
+    """A node's AAE_STATUS reply."""
+
+    node_id: str
+    interval_s: float
+    trees: tuple[TreeStatus, ...]
+    hints: tuple[tuple[str, int], ...]  # (target, pending hints)
+
+    @classmethod
+    def from_fields(cls, node_id: str, fields: Sequence[object]) -> NodeAaeStatus:
+        interval_s, rows, hints = expect(fields, (float, list, list), "AAE_STATUS reply")
+        trees = []
+        for row in rows:
+            if not isinstance(row, list):
+                raise ProtocolError("malformed AAE_STATUS tree row")
+            kinds = (int, int, int, int, int, int, str)
+            trees.append(TreeStatus(*expect(row, kinds, "AAE_STATUS tree row")))
+        pending = []
+        for hint in hints:
+            if not isinstance(hint, list):
+                raise ProtocolError("malformed AAE_STATUS hint row")
+            target, count = expect(hint, (str, int), "AAE_STATUS hint row")
+            pending.append((target, count))
+        return cls(node_id, interval_s, tuple(trees), tuple(pending))
+
+
+@dataclass
+class RepairReport:
+    """What `dynacore repair` did."""
+
+    partitions: int = 0
+    exchanges: int = 0
+    keys_repaired: int = 0
+    bytes_sent: int = 0
+    failed: list[int] = field(default_factory=list)  # partitions no replica could repair
+
+
+Call = Callable[[str, int, list[Value], float], Awaitable[list[Value]]]
+"""(address, message type, fields, timeout_s) -> reply fields: an RpcClient's call."""
+
+
+async def fetch_view(call: Call, seeds: Sequence[str], timeout_s: float) -> Membership:
+    """The cluster view from the first seed that answers; Unavailable if none does."""
+    for seed in seeds:
+        try:
+            return Membership.from_fields(await call(seed, RING_GET, [], timeout_s))
+        except UNREACHABLE:
+            continue
+    raise Unavailable(f"no seed answered: {list(seeds)}")
+
+
+async def repair_cluster(
+    call: Call,
+    view: Membership,
+    partitions: Sequence[int],
+    timeout_s: float,
+    on_partition: Callable[[int, RepairReport], None],
+) -> RepairReport:
+    """A full exchange of each partition now, run by its first replica that answers."""
+    report = RepairReport()
+    widest = max({view.n, *view.namespaces.values()})
+    for partition in partitions:
+        done = False
+        for node in view.ring.preference_list(partition, widest):
+            try:
+                reply = await call(view.address_of(node), AAE_REPAIR, [partition], timeout_s)
+            except UNREACHABLE:
+                continue
+            repaired, exchanges, sent = expect(reply, (int, int, int), "AAE_REPAIR reply")
+            report.keys_repaired += repaired
+            report.exchanges += exchanges
+            report.bytes_sent += sent
+            done = True
+            break
+        report.partitions += 1
+        if not done:
+            report.failed.append(partition)
+        on_partition(partition, report)
+    return report
+
+
+async def fetch_aae_status(
+    call: Call, view: Membership, timeout_s: float
+) -> list[tuple[str, NodeAaeStatus | None]]:
+    """Every member's AAE_STATUS (None for a node that did not answer)."""
+    out: list[tuple[str, NodeAaeStatus | None]] = []
+    for node in view.nodes:
+        try:
+            reply = await call(view.address_of(node), AAE_STATUS, [], timeout_s)
+        except UNREACHABLE:
+            out.append((node, None))
+            continue
+        out.append((node, NodeAaeStatus.from_fields(node, reply)))
+    return out
+
+
 # -- composition -----------------------------------------------------------------------------------
 
 
@@ -758,12 +872,18 @@ __all__ = [
     "AntiEntropy",
     "ExchangeResult",
     "FieldsRemote",
+    "NodeAaeStatus",
     "ObservedEngine",
     "Remote",
+    "RepairReport",
     "Replica",
     "SelfHealing",
+    "TreeStatus",
     "Trees",
     "direct_send",
     "exchange",
+    "fetch_aae_status",
+    "fetch_view",
+    "repair_cluster",
     "sync_keys",
 ]

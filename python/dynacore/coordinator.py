@@ -68,20 +68,35 @@ class PeerHealth:
         assert retry_after_s > 0
         self._retry_after_s = retry_after_s
         self._down_since: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
         self._known: set[str] = set()
 
     def mark_ok(self, node: str) -> None:
         self._known.add(node)
         self._down_since.pop(node, None)
+        self._retry_at.pop(node, None)
 
     def mark_failed(self, node: str) -> None:
         self._known.add(node)
-        self._down_since.setdefault(node, trio.current_time())
+        now = trio.current_time()
+        self._down_since.setdefault(node, now)
+        self._retry_at[node] = now + self._retry_after_s
 
     def is_up(self, node: str) -> bool:
-        """False while a recent call to `node` failed; True again after retry_after_s."""
-        since = self._down_since.get(node)
-        return since is None or trio.current_time() - since >= self._retry_after_s
+        """False while a recent call to `node` failed; True again retry_after_s after the last
+        failure."""
+        retry_at = self._retry_at.get(node)
+        return retry_at is None or trio.current_time() >= retry_at
+
+    def try_probe(self, node: str) -> bool:
+        """Whether a background request may go to `node` now: yes when it is up; when it is
+        down, yes for one caller per retry_after_s (the probe), so that a stream of writes does
+        not queue one doomed request per write behind a dead peer."""
+        if not self.is_up(node):
+            return False
+        if node in self._down_since:
+            self._retry_at[node] = trio.current_time() + self._retry_after_s
+        return True
 
     def is_down(self, node: str) -> bool:
         return node in self._down_since
@@ -280,7 +295,7 @@ class Coordinator:
             if peer == self.node_id:
                 await self.replica_put(stored_key, new_set)
                 reply: list[Value] | None = []
-            elif self.fallback is not None and acks is not None and not self.health.is_up(peer):
+            elif self.fallback is not None and acks is not None and not self.health.try_probe(peer):
                 reply = None  # believed down: straight to a sloppy-quorum fallback
             else:
                 fields = [stored_key, new_set]

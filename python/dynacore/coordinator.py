@@ -42,9 +42,10 @@ FORWARD_TIMEOUT_FACTOR = 2.0  # a forwarded put waits for the remote coordinator
 UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down: try another
 
 Update = Callable[[bytes | None], bytes | None]
-Fallback = Callable[[str, bytes, bytes, set[str]], Awaitable[bool]]
-"""Sloppy quorum (cluster/hints.py): (down replica, stored key, set, fallbacks used by this put)
--> True when another node took the write with a hint (it counts toward w)."""
+Fallback = Callable[[str, bytes, bytes, set[str], bool], Awaitable[bool]]
+"""Sloppy quorum (cluster/hints.py): (down replica, stored key, set, fallbacks used by this put,
+whether the replica itself was tried) -> True when the write is durable on a node that counts
+toward w (a fallback with a hint, or the replica after all)."""
 
 
 class Clock(Protocol):
@@ -291,12 +292,13 @@ class Coordinator:
         self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks | None
     ) -> None:
         """Background: one REPLICA_PUT; a failure is logged (the peer is behind, not the write)."""
+        tried = True
         try:
             if peer == self.node_id:
                 await self.replica_put(stored_key, new_set)
                 reply: list[Value] | None = []
             elif self.fallback is not None and acks is not None and not self.health.try_probe(peer):
-                reply = None  # believed down: straight to a sloppy-quorum fallback
+                reply, tried = None, False  # believed down: straight to a sloppy-quorum fallback
             else:
                 fields = [stored_key, new_set]
                 reply = await self._call(peer, messages.REPLICA_PUT, fields, self.timeout_s)
@@ -306,7 +308,8 @@ class Coordinator:
         if acks is None:
             return
         if reply is None and self.fallback is not None:
-            reply = [] if await self.fallback(peer, stored_key, new_set, acks.fallbacks) else None
+            stored = await self.fallback(peer, stored_key, new_set, acks.fallbacks, tried)
+            reply = [] if stored else None
         if reply is None:
             acks.fail()
         else:

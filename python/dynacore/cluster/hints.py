@@ -50,6 +50,7 @@ HINT_BATCH_BYTES = 1 * MIB  # and at most this many set bytes per request (one i
 HINT_ROUND_MAX_BATCHES = 64  # batches per target per round; the rest waits for the next round
 HINT_TARGET_COUNT_MAX = 1_000_000  # per-target counts (aae-status) stop here
 SETS_PUT_MAX_PAIRS = 1024  # pairs one SETS_PUT may carry (the engine's batch bound)
+PROBE_TIMEOUT_FRACTION = 0.2  # of the request timeout: a write to a replica believed down
 FRAME_HEADROOM_BYTES = 16 * KIB
 MAX_TARGET_BYTES = 255
 UNREACHABLE = (ConnectionLost, RequestTimeout, OSError, AuthError)
@@ -279,14 +280,16 @@ class HintedHandoff:
     # -- the coordinator's hook --------------------------------------------------------------------
 
     async def fallback(
-        self, target: str, stored_key: bytes, set_bytes: bytes, used: set[str]
+        self, target: str, stored_key: bytes, set_bytes: bytes, used: set[str], tried: bool
     ) -> bool:
-        """A replica put to `target` failed (or `target` is believed down): hand the write to
-        the next healthy node of the extended preference list with a hint naming `target`.
+        """A replica put to `target` failed (`tried`) or was skipped because `target` is believed
+        down: hand the write to the next healthy node of the extended preference list with a hint
+        naming `target`.
 
         True when a fallback node (not in `used`, which collects the fallbacks of one put)
-        stored the hint durably, so that it counts toward w. When none can, this node keeps the
-        hint itself (it is still delivered, but it is no extra replica) and the answer is False.
+        stored the hint durably, so that it counts toward w. With no fallback left, a skipped
+        target is tried after all, briefly (it may be back); failing that, this node keeps the
+        hint itself (still delivered later, but no extra replica) and the answer is False.
         """
         view = self._peers.view()
         health = self._peers.health
@@ -302,6 +305,8 @@ class HintedHandoff:
                 continue
             if reply is not None:
                 return True
+        if not tried and await self._put_sets(target, [(stored_key, set_bytes)], probe=True):
+            return True
         await self.hints.add(target, stored_key, set_bytes)
         return False
 
@@ -378,11 +383,16 @@ class HintedHandoff:
                 return False
         return True
 
-    async def _put_sets(self, node: str, pairs: list[tuple[bytes, bytes]]) -> bool:
-        if not self._peers.health.is_up(node):
+    async def _put_sets(
+        self, node: str, pairs: list[tuple[bytes, bytes]], *, probe: bool = False
+    ) -> bool:
+        """SETS_PUT to `node`; True once it answered. A probe goes even to a node believed
+        down, with a short timeout."""
+        if not probe and not self._peers.health.is_up(node):
             return False
+        timeout_s = self._peers.limits.request_timeout_s * (PROBE_TIMEOUT_FRACTION if probe else 1)
         try:
-            reply = await self._peers.call(node, SETS_PUT, [[[k, s] for k, s in pairs]])
+            reply = await self._peers.call(node, SETS_PUT, [[[k, s] for k, s in pairs]], timeout_s)
         except DynacoreError as exc:
             log.warning("hint delivery to %s failed: %r", node, exc)
             return False

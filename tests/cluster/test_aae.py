@@ -18,6 +18,7 @@ from dynacore._backend import merkle, versions, wire
 from dynacore.cluster.antientropy import (
     AAE_HASHES,
     AAE_SEGMENTS,
+    DIRTY_MAX_KEYS,
     SETS_GET,
     FieldsRemote,
     ObservedEngine,
@@ -128,6 +129,15 @@ async def test_trees_follow_every_kind_of_data_write() -> None:
         await side.store.update("hints", b"\x01x" + key(7), _const(value_set("hint")))
         assert roots(side) == rebuilt(side)
         assert sum(side.trees.size(tid) for tid in side.trees.ids()) == 197
+
+
+async def test_the_dirty_backlog_stays_bounded_under_a_stream_of_writes() -> None:
+    async with open_side() as side:
+        for start in range(0, 6000, 500):
+            await side.put([(key(i), value_set(f"v{i}")) for i in range(start, start + 500)])
+            assert side.trees.backlog <= DIRTY_MAX_KEYS + 1
+        assert roots(side) == rebuilt(side)
+        assert side.trees.backlog == 0
 
 
 async def test_trees_built_at_start_match_the_store() -> None:

@@ -73,8 +73,9 @@ keys_repaired, last_peer]], hints: list[[target, count]]]"""
 HASH_BYTES = 32
 TREE_FANOUT = 16
 TREE_DEPTH = 3  # 4096 segments per tree
-BUILD_CHUNK_KEYS = 4096  # keys read per step of the start-up build (a checkpoint in between)
-DIRTY_MAX_KEYS = 8192  # dirty keys beyond this are hashed at once rather than before a read
+BUILD_CHUNK_KEYS = 1024  # keys read per step of the start-up build (a checkpoint in between)
+DIRTY_MAX_KEYS = 2048  # beyond this backlog of dirty keys, each write hashes a few of them
+DIRTY_STEP_KEYS = 2  # (so the backlog stays bounded with no pause of the event loop)
 HASHES_PER_REQUEST = 8192  # inner-node hashes asked in one AAE_HASHES
 SEGMENTS_PER_REQUEST = 1024
 SYNC_BATCH_KEYS = 256  # differing keys fetched and merged per step
@@ -187,10 +188,18 @@ class Trees:
         """A data write of `key` settled: re-hash it before the next read of the trees."""
         self._dirty.add(key)
         if len(self._dirty) > DIRTY_MAX_KEYS:
-            self.flush()
+            for _ in range(DIRTY_STEP_KEYS):
+                dirty = self._dirty.pop()
+                self._apply(dirty, self._store.get(DATA_DB, dirty))
+
+    @property
+    def backlog(self) -> int:
+        """Keys written since the trees last saw them."""
+        return len(self._dirty)
 
     def flush(self) -> None:
-        """Bring every tree up to date with the store for the keys marked dirty."""
+        """Bring every tree up to date with the store for the keys marked dirty (at most
+        DIRTY_MAX_KEYS + 1 of them)."""
         dirty, self._dirty = self._dirty, set()
         for key in dirty:
             self._apply(key, self._store.get(DATA_DB, key))

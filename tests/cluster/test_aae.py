@@ -156,6 +156,14 @@ async def test_trees_built_at_start_match_the_store() -> None:
         assert len(roots(side)) == 4  # one tree per partition (n is the same everywhere)
 
 
+async def test_keys_without_a_well_formed_namespace_are_kept_in_a_tree_too() -> None:
+    async with open_side() as side:
+        odd = [b"\x05ab", b"\x02\xff\xfex", b"\x00plain"]
+        await side.put([(k, value_set("v")) for k in odd])
+        assert roots(side) == rebuilt(side)
+        assert sum(side.trees.size(tid) for tid in side.trees.ids()) == 3
+
+
 async def test_a_failed_write_leaves_the_tree_equal_to_the_store() -> None:
     async with open_side() as side:
         await side.put([(key(1), value_set("v"))])

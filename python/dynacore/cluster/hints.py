@@ -20,7 +20,14 @@ import trio
 from dynacore import objects
 from dynacore._backend import versions
 from dynacore.config import check_node_id
-from dynacore.errors import AuthError, ConnectionLost, DynacoreError, ProtocolError, RequestTimeout
+from dynacore.errors import (
+    AuthError,
+    ConnectionLost,
+    DynacoreError,
+    ProtocolError,
+    RequestTimeout,
+    VersionError,
+)
 from dynacore.limits import KIB, MIB, Limits
 from dynacore.membership import Membership
 from dynacore.messages import expect
@@ -107,11 +114,13 @@ def prefix_end(prefix: bytes) -> bytes | None:
 
 
 def n_for_key(view: Membership, stored_key: bytes) -> int:
-    """The replication factor of a stored key's namespace (the default for unknown ones)."""
-    namespace, _ = objects.split_object_key(stored_key)
-    if namespace and namespace not in view.namespaces:
+    """The replication factor of a stored key's namespace (the default for an unknown namespace
+    or a key without a well-formed one, which a peer's replica put may have stored)."""
+    try:
+        namespace, _ = objects.split_object_key(stored_key)
+    except VersionError:
         return view.n
-    return view.n_for(namespace)
+    return view.namespaces.get(namespace, view.n) if namespace else view.n
 
 
 def check_pairs(fields: Sequence[object], what: str, max_pairs: int) -> list[tuple[bytes, bytes]]:

@@ -369,6 +369,46 @@ class Coordinator:
         self.health.mark_ok(peer)
         return reply
 
+    # -- custom writes (the embedded cache's set/delete/incr, see cachewrite.py) -----------------
+
+    def replicates(self, namespace: str, key: bytes) -> bool:
+        """True when this node is in the key's preference list."""
+        stored_key = objects.object_key(namespace, key)
+        return self.node_id in self.membership.preference_list(
+            stored_key, self.membership.n_for(namespace)
+        )
+
+    async def apply(
+        self, namespace: str, key: bytes, fn: Update, *, w: QuorumSpec | None = None
+    ) -> bytes:
+        """Run `fn` on the stored set of a key this node replicates, inside the write transaction,
+        then replicate the new set as a put does (w durable acks); the new set. Unavailable when
+        this node does not replicate the key (forward the request instead)."""
+        stored_key = objects.object_key(namespace, key)
+        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        if self.node_id not in pref:
+            raise Unavailable(f"{self.node_id} does not replicate this key")
+        required = resolve_quorum(w, len(pref), default=self._default_w)
+        new_set = await self._store.update(DATA_DB, stored_key, fn)
+        assert new_set is not None, "a custom write must leave a version set"
+        await self._replicate(stored_key, new_set, [p for p in pref if p != self.node_id], required)
+        return new_set
+
+    async def forward(
+        self, namespace: str, key: bytes, msg_type: int, fields: Sequence[Value], *, retry: bool
+    ) -> list[Value]:
+        """Send a request to the key's preference list, healthy nodes first, until one answers.
+        With retry=False (a request that must not run twice) only the first node is tried."""
+        stored_key = objects.object_key(namespace, key)
+        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        order = self.health.order(pref)
+        for peer in order if retry else order[:1]:
+            timeout_s = self.timeout_s * FORWARD_TIMEOUT_FACTOR
+            reply = await self._call(peer, msg_type, fields, timeout_s)
+            if reply is not None:
+                return reply
+        raise Unavailable(f"no node of the preference list {list(pref)} could take the request")
+
     # -- get ---------------------------------------------------------------------------------------
 
     async def get(self, namespace: str, key: bytes, *, r: QuorumSpec | None = None) -> bytes | None:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from dynacore import messages, objects
+from dynacore import cachewrite, messages, objects
 from dynacore._backend import versions
 from dynacore.cluster.antientropy import ObservedEngine, SelfHealing
 from dynacore.config import NodeConfig, QuorumSpec, check_quorum_spec
@@ -144,6 +144,9 @@ class Node:
         await self.coordinator.replica_put(stored_key, incoming)
         return []
 
+    async def _cache_write(self, fields: list[Any]) -> list[Any]:
+        return await cachewrite.handle(self.coordinator, self.clock, self.config.limits, fields)
+
     _handlers: ClassVar[dict[int, Callable[[Node, list[Any]], Awaitable[list[Any]]]]] = {
         messages.CLIENT_GET: _client_get,
         messages.CLIENT_PUT: _client_put,
@@ -152,6 +155,7 @@ class Node:
         messages.STATUS: _status,
         messages.REPLICA_GET: _replica_get,
         messages.REPLICA_PUT: _replica_put,
+        messages.CACHE_WRITE: _cache_write,
     }
 
     # -- status ------------------------------------------------------------------------------------

@@ -140,3 +140,21 @@ def test_a_run_that_overruns_its_virtual_budget_fails(monkeypatch: pytest.Monkey
     result = run_seed(1, SimConfig(safety_s=8.0))
     assert not result.ok
     assert result.error is not None and "TooSlowError" in result.error
+
+
+def test_replicas_that_never_heal_fail_the_run() -> None:
+    """Seed 0 wipes a node. With anti-entropy on it heals; with the first exchange an hour away
+    the write-once keys the wiped node missed stay missing, and the run must fail."""
+    healing = run_seed(0, SimConfig(safety_s=20.0))
+    assert healing.ok and healing.healed_by == "self-healing", healing.problems()
+    assert healing.fault_counts["wipe"] == 1
+    stalled = SimConfig(safety_s=20.0, cluster=ClusterConfig(aae_interval_s=3600.0))
+    result = run_seed(0, stalled)
+    assert result.healed_by == "" and not result.ok
+    assert any("still differ" in p for p in result.problems())
+
+
+def test_without_anti_entropy_the_harness_read_repairs() -> None:
+    config = SimConfig(safety_s=20.0, cluster=ClusterConfig(aae_interval_s=0.0))
+    result = run_seed(0, config)
+    assert result.ok and result.healed_by == "read repair", result.problems()

@@ -15,6 +15,7 @@ from dynacore._backend import versions
 from dynacore.errors import ConfigError, RequestTimeout, TooManySiblings
 from dynacore.sim.checker import FinalState, History, OpKind, Outcome, ReplicaState, check
 from dynacore.sim.workload import (
+    ONCE_PREFIX,
     SetWorkload,
     WorkloadConfig,
     decode_set,
@@ -77,6 +78,10 @@ class LwwStore(DvvStore):
         return versions.join(self.sets[key])
 
 
+def written_keys(workload: SetWorkload) -> list[bytes]:
+    return sorted({op.key for op in workload.history.ops} | set(workload.config.key_names()))
+
+
 def final_of(store: DvvStore, keys: list[bytes]) -> FinalState:
     reads: dict[bytes, frozenset[bytes] | None] = {}
     copies: dict[bytes, list[ReplicaState]] = {}
@@ -113,7 +118,8 @@ async def test_dvv_store_loses_nothing(autojump_clock: trio.testing.MockClock) -
     ops = workload.history.ops
     kinds = {op.kind for op in ops}
     assert kinds == {OpKind.ADD, OpKind.BLIND}
-    result = check(ops, final_of(store, config.key_names()))
+    assert any(op.key.startswith(ONCE_PREFIX) for op in ops)
+    result = check(ops, final_of(store, written_keys(workload)))
     assert result.ok, result.problems()
     assert result.acknowledged >= 200
     assert workload.stats.max_siblings_seen >= 2  # concurrent writes did make siblings
@@ -123,7 +129,7 @@ async def test_lww_store_loses_acknowledged_adds(autojump_clock: trio.testing.Mo
     store = LwwStore()
     config = WorkloadConfig(keys=2, blind_fraction=0.3, think_max_s=0.02)
     workload = await run_clients(store, config, 5.0)
-    result = check(workload.history.ops, final_of(store, config.key_names()))
+    result = check(workload.history.ops, final_of(store, written_keys(workload)))
     assert not result.ok
     assert len(result.lost) > result.acknowledged // 4  # Jepsen: most of them
 
@@ -159,7 +165,16 @@ async def test_a_failed_read_writes_nothing(autojump_clock: trio.testing.MockClo
     assert len(workload.history) == 0 and workload.stats.read_failures == 1
 
 
-@pytest.mark.parametrize("kwargs", [{"keys": 0}, {"blind_fraction": 1.5}, {"think_max_s": -1.0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"keys": 0},
+        {"blind_fraction": 1.5},
+        {"once_fraction": -0.1},
+        {"blind_fraction": 0.6, "once_fraction": 0.5},
+        {"think_max_s": -1.0},
+    ],
+)
 def test_bad_config_is_a_config_error(kwargs: dict[str, float]) -> None:
     with pytest.raises(ConfigError):
         WorkloadConfig(**kwargs)  # type: ignore[arg-type]

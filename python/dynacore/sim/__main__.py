@@ -45,6 +45,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--safety-s", type=float, default=30.0, help="virtual seconds of faults")
     p.add_argument("--timeout-s", type=float, default=1.0, help="the nodes' request timeout")
     p.add_argument("--siblings-max", type=int, default=100)
+    p.add_argument(
+        "--aae-interval-s",
+        type=float,
+        default=1.0,
+        help="anti-entropy exchange interval; 0 turns it off (the harness read-repairs instead)",
+    )
+    p.add_argument("--hint-interval-s", type=float, default=0.5)
     p.add_argument("--faults", choices=sorted(PLANS), default="random")
     p.add_argument(
         "--not-durable",
@@ -68,6 +75,8 @@ def config_from(args: argparse.Namespace) -> SimConfig:
             siblings_max=args.siblings_max,
             durable=not args.not_durable,
             unsynced_batches=args.unsynced_batches,
+            aae_interval_s=args.aae_interval_s,
+            hint_interval_s=args.hint_interval_s,
         ),
         workload=WorkloadConfig(
             keys=args.keys,
@@ -107,9 +116,10 @@ def describe(result: RunResult) -> str:
     status = "ok  " if result.ok else "FAIL"
     line = f"{status} seed {result.seed:>7}  "
     if c is not None:
+        converged = "yes" if c.converged and result.healed_by else "NO "
         line += (
             f"acked {c.acknowledged:>5}  lost {len(c.lost):>3}  unacked-present "
-            f"{c.unacked_present:>3}  converged {'yes' if c.converged else 'NO '}  "
+            f"{c.unacked_present:>3}  converged {converged}  "
         )
     faults = ",".join(f"{k}:{v}" for k, v in sorted(result.fault_counts.items()))
     return line + f"{result.wall_s:6.2f}s  {result.trace_hash}  {faults}"
@@ -126,7 +136,7 @@ def print_summary(summary: Summary, elapsed_s: float, out: TextIO) -> None:
         ("writes acknowledged", str(s.acknowledged)),
         ("lost (acknowledged)", str(s.lost)),
         ("unacked but present", str(s.unacked_present)),
-        ("converged", f"{s.converged} of {s.seeds} seeds"),
+        ("converged", f"{s.converged} of {s.seeds} seeds ({s.self_healed} by self-healing alone)"),
         ("max siblings", str(s.max_siblings)),
         ("time", f"{elapsed_s:.1f} s elapsed; runs took {s.wall_s:.1f} s ({per_seed:.2f} s/seed)"),
         ("", f"{s.virtual_s:.0f} s of virtual time"),
@@ -183,7 +193,9 @@ def replay(args: argparse.Namespace, config: SimConfig, out: TextIO) -> int:
             f"unknown {c.unknown}, max siblings {c.max_siblings}",
             file=out,
         )
-    print(f"  liveness rounds {result.liveness_rounds}, virtual {result.virtual_s:.1f} s", file=out)
+    healed = result.healed_by or "nothing (the replicas never agreed)"
+    print(f"  healed by {healed} after {result.liveness_rounds} liveness rounds", file=out)
+    print(f"  virtual time {result.virtual_s:.1f} s", file=out)
     print(f"  messages {result.messages}", file=out)
     for problem in result.problems():
         print(f"  PROBLEM {problem}", file=out)

@@ -39,6 +39,7 @@ MAX_NODES = 64
 MAX_CLIENTS = 256
 MAX_PARTITIONS = 1 << 16
 MAX_UNSYNCED_BATCHES = 1 << 16
+MAX_INTERVAL_S = 3600.0
 DATA_DB = "data"
 
 
@@ -54,6 +55,8 @@ class ClusterConfig:
     durable: bool = True  # False: crashes also roll back acknowledged batches (power loss)
     unsynced_batches: int = 1
     secret: str = "sim"
+    aae_interval_s: float = 1.0  # one anti-entropy exchange per node per interval (0: off)
+    hint_interval_s: float = 0.5  # hinted-handoff delivery rounds
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes <= MAX_NODES:
@@ -65,6 +68,10 @@ class ClusterConfig:
             raise ConfigError(f"partitions must be a power of two in [1, {MAX_PARTITIONS}]")
         if not 1 <= self.unsynced_batches <= MAX_UNSYNCED_BATCHES:
             raise ConfigError(f"unsynced_batches must be in [1, {MAX_UNSYNCED_BATCHES}]")
+        if not 0 <= self.aae_interval_s <= MAX_INTERVAL_S:
+            raise ConfigError(f"aae_interval_s must be in [0, {MAX_INTERVAL_S}] (0: off)")
+        if not 0 < self.hint_interval_s <= MAX_INTERVAL_S:
+            raise ConfigError(f"hint_interval_s must be in (0, {MAX_INTERVAL_S}]")
         self.limits()  # ConfigError for a bad timeout or sibling limit
 
     def limits(self) -> Limits:
@@ -158,6 +165,8 @@ class SimCluster:
                     n=config.n,
                     cluster_secret=config.secret,
                     limits=limits,
+                    aae_interval_s=config.aae_interval_s,
+                    hint_interval_s=config.hint_interval_s,
                 ),
             )
             for node_id in config.node_ids()
@@ -335,6 +344,22 @@ class SimCluster:
 
     def converged(self, keys: Sequence[bytes]) -> bool:
         return all(len({s.raw for s in self.replica_states(key)}) == 1 for key in keys)
+
+    def pending_hints(self) -> int:
+        """Hints not yet handed back, over every node (every node must be up)."""
+        engines = [sim_node.engine for sim_node in self.nodes.values()]
+        assert all(engine is not None for engine in engines), "a node is down"
+        return sum(engine.count("hints") for engine in engines if engine is not None)
+
+    def healed(self, keys: Sequence[bytes]) -> bool:
+        """Every replica of every key stores the same set, every replica of every partition
+        has the same Merkle root, and no hint is waiting for delivery."""
+        roots = self.merkle_roots()
+        return (
+            self.converged(keys)
+            and all(len(set(by_node.values())) == 1 for by_node in roots.values())
+            and self.pending_hints() == 0
+        )
 
     async def read_all(self, keys: Sequence[bytes]) -> int:
         """Read every key at r=all through every node (read repair fixes the stale replicas);

@@ -1,7 +1,9 @@
 """The workload: Jepsen's Riak set workload. Clients add unique elements to sets stored under a
 few keys — by read-modify-write (read every sibling, union them, add the element, write back with
 the read's context) or by a blind write (a one-element set with no context, which becomes a
-sibling that the next read-modify-write folds in). Every write goes into the checker's History.
+sibling that the next read-modify-write folds in) — plus write-once keys (a fresh key per write,
+never read by the workload, so only hints and anti-entropy repair a replica that missed it).
+Every write goes into the checker's History.
 
 A set value is its elements, sorted, joined by one space; elements are ASCII "<client>.<n>", so
 they never contain the separator and never repeat.
@@ -20,6 +22,7 @@ from dynacore.errors import ConfigError, DynacoreError, LimitExceeded
 from dynacore.sim.checker import History, OpKind, Outcome
 
 SEPARATOR = b" "
+ONCE_PREFIX = b"once-"
 MAX_KEYS = 1024
 MAX_CLIENTS = 1024
 MAX_THINK_S = 60.0
@@ -75,6 +78,7 @@ class WorkloadConfig:
 
     keys: int = 4
     blind_fraction: float = 0.2  # share of writes that are blind
+    once_fraction: float = 0.1  # share of writes that each go to a fresh key, never written again
     think_max_s: float = 0.2  # each client waits uniform(0, think_max_s) between ops
     r: str | int | None = None  # None: the cluster default
     w: str | int | None = None
@@ -82,8 +86,11 @@ class WorkloadConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.keys <= MAX_KEYS:
             raise ConfigError(f"keys must be in [1, {MAX_KEYS}], got {self.keys}")
-        if not 0.0 <= self.blind_fraction <= 1.0:
-            raise ConfigError(f"blind_fraction must be in [0, 1], got {self.blind_fraction}")
+        for name in ("blind_fraction", "once_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.blind_fraction + self.once_fraction > 1.0:
+            raise ConfigError("blind_fraction + once_fraction must not exceed 1")
         if not 0.0 <= self.think_max_s <= MAX_THINK_S:
             raise ConfigError(f"think_max_s must be in [0, {MAX_THINK_S}], got {self.think_max_s}")
 
@@ -122,7 +129,10 @@ class SetWorkload:
         while True:
             await trio.sleep(self._rng.uniform(0, self.config.think_max_s))
             key = self._rng.choice(self._keys)
-            if self._rng.random() < self.config.blind_fraction:
+            draw = self._rng.random()
+            if draw < self.config.once_fraction:
+                await self.write_once(name, client)
+            elif draw < self.config.once_fraction + self.config.blind_fraction:
                 await self.blind_write(name, client, key)
             else:
                 await self.add(name, client, key)
@@ -143,6 +153,14 @@ class SetWorkload:
     async def blind_write(self, name: str, client: SetStoreClient, key: bytes) -> None:
         """A write without context: a new sibling holding one element."""
         element = self._element(name)
+        await self._write(OpKind.BLIND, name, client, key, element, element, None)
+
+    async def write_once(self, name: str, client: SetStoreClient) -> None:
+        """A one-element set under a fresh key that no one reads or writes again: only the
+        store's own repair (hinted handoff, anti-entropy) can bring a replica that missed it
+        up to date."""
+        element = self._element(name)
+        key = ONCE_PREFIX + element
         await self._write(OpKind.BLIND, name, client, key, element, element, None)
 
     async def _write(
@@ -171,6 +189,7 @@ def _describe(exc: BaseException) -> str:
 
 
 __all__ = [
+    "ONCE_PREFIX",
     "ReadResult",
     "SetStoreClient",
     "SetWorkload",

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from dynacore.client import AsyncClient
 
+from dynacore.client import AsyncClient
 from dynacore.localcluster import LocalCluster
 from dynacore.sim.checker import History, check
 from dynacore.sim.workload import SetWorkload, WorkloadConfig
@@ -68,7 +68,7 @@ async def test_kill9_loop_loses_no_acknowledged_write(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
         assert len(restarts_s) == ROUNDS and max(restarts_s) <= READY_TIMEOUT_S
         addresses = {node.node_id: node.address for node in cluster.nodes}
-        keys = WORKLOAD.key_names()
+        keys = sorted({op.key for op in history.ops} | set(WORKLOAD.key_names()))
         async with AsyncClient(cluster.addresses, secret=SECRET, limits=LIMITS) as client:
             async with replica_reader() as rpc:
                 final, _rounds = await converge_and_read(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 import trio
-from dynacore.client import AsyncClient
 
+from dynacore.client import AsyncClient
 from dynacore.sim.checker import History, check
 from dynacore.sim.workload import SetWorkload, WorkloadConfig
 
@@ -47,7 +47,7 @@ async def test_partitions_between_processes_lose_no_acknowledged_write(tmp_path:
             episodes = await partition_episodes(cluster, rng)
             nursery.cancel_scope.cancel()
         addresses = {node_id: node.address for node_id, node in cluster.nodes.items()}
-        keys = WORKLOAD.key_names()
+        keys = sorted({op.key for op in history.ops} | set(WORKLOAD.key_names()))
         seeds = list(addresses.values())
         async with AsyncClient(seeds, secret=SECRET, limits=LIMITS) as client:
             async with replica_reader() as rpc:

@@ -40,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=5)
     p.add_argument("--keys", type=int, default=4)
     p.add_argument("--blind-fraction", type=float, default=0.2)
+    p.add_argument("--once-fraction", type=float, default=0.1, help="share of write-once keys")
     p.add_argument("--r", default=None, help="read quorum (default: the cluster's)")
     p.add_argument("--w", default=None, help="write quorum (default: the cluster's)")
     p.add_argument("--safety-s", type=float, default=30.0, help="virtual seconds of faults")
@@ -81,6 +82,7 @@ def config_from(args: argparse.Namespace) -> SimConfig:
         workload=WorkloadConfig(
             keys=args.keys,
             blind_fraction=args.blind_fraction,
+            once_fraction=args.once_fraction,
             r=_quorum(args.r),
             w=_quorum(args.w),
         ),

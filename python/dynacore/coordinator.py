@@ -6,6 +6,7 @@ node, and the replica side (REPLICA_PUT / REPLICA_GET). The node wires it; every
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,10 +115,14 @@ class _Acks:
 
 @dataclass
 class _Gather:
+    """Replies of one read; `settled` fires once r replied or every replica answered, and
+    `on_complete(replies)` runs once every replica answered or failed (read repair)."""
+
     required: int
     pending: int
     replies: dict[str, bytes | None] = field(default_factory=dict)
     settled: trio.Event = field(default_factory=trio.Event)
+    on_complete: Callable[[dict[str, bytes | None]], None] | None = None
 
     def reply(self, node: str, value: bytes | None) -> None:
         self.replies[node] = value
@@ -131,6 +136,8 @@ class _Gather:
         assert self.pending >= 0
         if len(self.replies) >= self.required or self.pending == 0:
             self.settled.set()
+        if self.pending == 0 and self.on_complete is not None:
+            self.on_complete(self.replies)
 
 
 def merge_sets(sets: Sequence[bytes | None]) -> bytes | None:
@@ -253,7 +260,8 @@ class Coordinator:
         acks.add()  # the local durable commit
         with trio.move_on_after(self.timeout_s):
             for peer in peers:
-                await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
+                if not self._replica_put_soon(peer, stored_key, new_set, acks):
+                    await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
             await acks.settled.wait()
         if acks.count < required:
             raise QuorumNotMet(
@@ -261,6 +269,43 @@ class Coordinator:
                 acked=acks.count,
                 required=required,
             )
+
+    def _replica_put_soon(self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks) -> bool:
+        """REPLICA_PUT without a task when the peer's connection is up (else False)."""
+
+        def done(reply: list[Value] | None) -> None:
+            if reply is None:
+                acks.fail()
+            else:
+                acks.add()
+
+        return self._call_soon(peer, messages.REPLICA_PUT, [stored_key, new_set], done)
+
+    def _call_soon(
+        self,
+        peer: str,
+        msg_type: int,
+        fields: list[Value],
+        done: Callable[[list[Value] | None], None],
+    ) -> bool:
+        """One RPC to a peer without a task, when its connection is up and has room (else
+        False: use `_call` from a task). `done(reply)` follows, with None when the peer could
+        not be reached or answered with an error (health updated as by `_call`)."""
+        if peer == self.node_id or peer not in self.membership.addresses:
+            return False
+
+        def on_done(reply: list[Value] | None, error: DynacoreError | None) -> None:
+            if error is None:
+                self.health.mark_ok(peer)
+            elif isinstance(error, (*UNREACHABLE, AuthError)):
+                log.debug("%s -> %s type %d: %r", self.node_id, peer, msg_type, error)
+                self.health.mark_failed(peer)
+            else:
+                log.warning("%s -> %s type %d failed: %r", self.node_id, peer, msg_type, error)
+            done(reply)
+
+        address = self.membership.addresses[peer]
+        return self._rpc.call_soon(address, msg_type, fields, self.timeout_s, on_done)
 
     async def _replica_put_remote(
         self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks | None
@@ -346,8 +391,11 @@ class Coordinator:
         pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
         required = resolve_quorum(r, len(pref), default=self._default_r)
         gather = _Gather(required=required, pending=len(pref))
+        gather.on_complete = functools.partial(self._repair_if_stale, stored_key)
         with trio.move_on_after(self.timeout_s):
-            await self._spawn(self._gather_and_repair, stored_key, pref, gather)
+            for node in pref:
+                if not self._read_one_soon(node, stored_key, gather):
+                    await self._spawn(self._read_one, node, stored_key, gather)
             await gather.settled.wait()
         replies = list(gather.replies.values())
         if len(replies) < required:
@@ -358,15 +406,24 @@ class Coordinator:
             )
         return merge_sets(replies)
 
-    async def _gather_and_repair(
-        self, stored_key: bytes, pref: Sequence[str], gather: _Gather
-    ) -> None:
-        with trio.move_on_after(self.timeout_s):
-            async with trio.open_nursery() as nursery:
-                for node in pref:
-                    nursery.start_soon(self._read_one, node, stored_key, gather)
-        gather.settled.set()
-        await self._read_repair(stored_key, dict(gather.replies))
+    def _read_one_soon(self, node: str, stored_key: bytes, gather: _Gather) -> bool:
+        """The local replica's set into `gather` at once, a remote one's by REPLICA_GET without
+        a task when its connection is up; False when a task must do it (`_read_one`)."""
+        if node == self.node_id:
+            try:
+                gather.reply(node, self.replica_get(stored_key))
+            except DynacoreError as exc:
+                log.warning("replica get from %s failed: %r", node, exc)
+                gather.fail()
+            return True
+
+        def done(reply: list[Value] | None) -> None:
+            if reply is None or len(reply) != 1 or not isinstance(reply[0], bytes | None):
+                gather.fail()
+            else:
+                gather.reply(node, reply[0])
+
+        return self._call_soon(node, messages.REPLICA_GET, [stored_key], done)
 
     async def _read_one(self, node: str, stored_key: bytes, gather: _Gather) -> None:
         """Background: one replica's stored set into `gather`; any failure counts as no reply."""
@@ -384,7 +441,8 @@ class Coordinator:
             return
         gather.reply(node, reply[0])
 
-    async def _read_repair(self, stored_key: bytes, replies: dict[str, bytes | None]) -> None:
+    def _repair_if_stale(self, stored_key: bytes, replies: dict[str, bytes | None]) -> None:
+        """Once every replica answered (or failed): start a read repair of the stale ones."""
         merged = merge_sets(list(replies.values()))
         if merged is None:
             return
@@ -397,6 +455,11 @@ class Coordinator:
         except trio.WouldBlock:
             log.info("read repair skipped: %d repairs in flight", READ_REPAIR_MAX_IN_FLIGHT)
             return
+        self._background.start_soon(self._read_repair, stored_key, merged, stale, token)
+
+    async def _read_repair(
+        self, stored_key: bytes, merged: bytes, stale: list[str], token: object
+    ) -> None:
         try:
             async with trio.open_nursery() as nursery:
                 for node in stale:

@@ -74,9 +74,12 @@ class LocalNode:
         except subprocess.TimeoutExpired:
             return None
 
-    def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, wait; SIGKILL if it does not stop in time. The exit code."""
-        self.signal(signal.SIGTERM)
+    def stop(self, timeout_s: float = STOP_TIMEOUT_S, *, signalled: bool = False) -> int | None:
+        """SIGTERM (unless already `signalled`: a second SIGTERM could land after the node
+        restored the default handler on its way out), wait; SIGKILL if it does not stop in
+        time. The exit code."""
+        if not signalled:
+            self.signal(signal.SIGTERM)
         code = self.wait(timeout_s)
         if code is None and self.process is not None:
             self.process.kill()
@@ -163,7 +166,7 @@ class LocalCluster:
     def stop(self) -> list[int | None]:
         for node in self.nodes:
             node.signal(signal.SIGTERM)
-        return [node.stop() for node in self.nodes]
+        return [node.stop(signalled=True) for node in self.nodes]
 
     def __enter__(self) -> LocalCluster:
         self.start()

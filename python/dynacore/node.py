@@ -6,6 +6,7 @@ SIGTERM/SIGINT → clean stop).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import signal
@@ -130,6 +131,11 @@ class Node:
         return self.status().to_fields()
 
     async def _replica_get(self, fields: list[Any]) -> list[Any]:
+        (stored_key,) = expect(fields, (bytes,), "REPLICA_GET")
+        return [self.coordinator.replica_get(stored_key)]
+
+    def replica_get_inline(self, fields: list[Any], peer: str) -> list[Any]:
+        """REPLICA_GET answered in the connection's reader (a synchronous local read)."""
         (stored_key,) = expect(fields, (bytes,), "REPLICA_GET")
         return [self.coordinator.replica_get(stored_key)]
 
@@ -270,7 +276,13 @@ async def _run_node(
                 cancel_scope=nursery.cancel_scope,
             )
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
-            node.address = await nursery.start(server.serve, transport, config.listen, node.handle)
+            inline = {messages.REPLICA_GET: node.replica_get_inline}
+            node.address = await nursery.start(
+                functools.partial(server.serve, inline_handlers=inline),
+                transport,
+                config.listen,
+                node.handle,
+            )
             if view.addresses.get(config.node_id, "").endswith(":0"):  # advertise the bound port
                 node.set_membership(view.with_addresses({config.node_id: node.address}))
             log.info("node %s (actor %s) listening on %s", config.node_id, actor_id, node.address)

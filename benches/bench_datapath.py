@@ -214,6 +214,12 @@ def test_cluster_datapath(benchmark: Any, cluster_worker: tuple[str, Worker], mi
 # -- the quick driver ----------------------------------------------------------------------------
 
 
+def syscalls(pid: int) -> int:
+    """Read plus write system calls of a process so far (Linux /proc; sockets included)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["syscr"]) + int(fields["syscw"])
+
+
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds a process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -247,12 +253,18 @@ def main() -> None:
             for _ in range(args.rounds):
                 before = [cpu_s(pid) for pid in pids]
                 client_before = cpu_s(worker.process.pid)
+                calls_before = [syscalls(pid) for pid in [*pids, worker.process.pid]]
                 figures = worker.round(args.ops, args.mix)
                 node_us = [
                     (cpu_s(p) - b) * 1e6 / figures.ops for p, b in zip(pids, before, strict=True)
                 ]
                 client_us = (cpu_s(worker.process.pid) - client_before) * 1e6 / figures.ops
+                calls_after = [syscalls(pid) for pid in [*pids, worker.process.pid]]
                 print(json.dumps(asdict(figures)), flush=True)
+                per_op = [
+                    (a - b) / figures.ops for a, b in zip(calls_after, calls_before, strict=True)
+                ]
+                print("  syscalls per op (nodes, client):", " ".join(f"{c:.2f}" for c in per_op))
                 cpu = " ".join(f"{us:.0f}" for us in node_us)
                 print(f"  cpu per op: nodes {cpu} us, client {client_us:.0f} us", flush=True)
             worker.close()

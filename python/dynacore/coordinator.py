@@ -258,11 +258,16 @@ class Coordinator:
     ) -> None:
         acks = _Acks(required=required, pending=len(peers) + 1)
         acks.add()  # the local durable commit
-        with trio.move_on_after(self.timeout_s):
-            for peer in peers:
-                if not self._replica_put_soon(peer, stored_key, new_set, acks):
-                    await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
+        # Requests sent by callback end by their own deadline (timeout_s): a cancel scope is
+        # needed only for the ones that wait for a task slot or a connection.
+        slow = [p for p in peers if not self._replica_put_soon(p, stored_key, new_set, acks)]
+        if not slow:
             await acks.settled.wait()
+        else:
+            with trio.move_on_after(self.timeout_s):
+                for peer in slow:
+                    await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
+                await acks.settled.wait()
         if acks.count < required:
             raise QuorumNotMet(
                 f"put: {acks.count} of the {required} required replicas acknowledged in time",
@@ -392,11 +397,15 @@ class Coordinator:
         required = resolve_quorum(r, len(pref), default=self._default_r)
         gather = _Gather(required=required, pending=len(pref))
         gather.on_complete = functools.partial(self._repair_if_stale, stored_key)
-        with trio.move_on_after(self.timeout_s):
-            for node in pref:
-                if not self._read_one_soon(node, stored_key, gather):
-                    await self._spawn(self._read_one, node, stored_key, gather)
+        # As in _replicate: only the reads that wait for a task need a cancel scope.
+        slow = [node for node in pref if not self._read_one_soon(node, stored_key, gather)]
+        if not slow:
             await gather.settled.wait()
+        else:
+            with trio.move_on_after(self.timeout_s):
+                for node in slow:
+                    await self._spawn(self._read_one, node, stored_key, gather)
+                await gather.settled.wait()
         replies = list(gather.replies.values())
         if len(replies) < required:
             raise QuorumNotMet(

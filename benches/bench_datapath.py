@@ -1,14 +1,14 @@
 """Data-path benchmark: a 3-node loopback cluster of real `dynacore serve` processes (LMDB,
 durable commits, n=3 r=2 w=2) driven by one AsyncClient process with 64 concurrent requests of
 100-byte values, for the 95/5 and 50/50 read/write mixes, on the rust and the python backends
-(every node and the client on the same one).
+(every node and the client on the same one), with durable commits and with `--no-sync`.
 
 The client runs in its own process (it must import its backend fresh): a worker that reads
 "ROUND <ops> <read_fraction>" lines on stdin and answers one JSON line of figures per round, so
 that pytest-benchmark times the rounds themselves. Each round's ops/s, p50 and p99 latency land
 in extra_info. As a script it is the quick driver used while profiling:
 
-    python benches/bench_datapath.py --backend rust --mix 0.95 --ops 20000
+    python benches/bench_datapath.py --backend rust --mix 0.95 --ops 20000 [--no-sync]
     python benches/bench_datapath.py worker --seeds 127.0.0.1:7001   (the benchmark's worker)
 """
 
@@ -40,6 +40,9 @@ OPS_PER_ROUND = 4_000
 ROUNDS = 3
 MIXES = {"95/5": 0.95, "50/50": 0.50}
 BENCH_BACKENDS = ("rust", "python")
+# "durable": every commit synced (the default); "nosync": `serve --no-sync`, the unsafe fast mode
+# (a machine crash may undo the last commits), the fair match for a Redis without appendfsync.
+BENCH_CLUSTERS = [(b, s) for s in ("durable", "nosync") for b in BENCH_BACKENDS]
 ROUND_TIMEOUT_S = 300.0
 
 
@@ -165,8 +168,10 @@ class Worker:
         self.process.wait(timeout=ROUND_TIMEOUT_S)
 
 
-def start_cluster(base_dir: Path, backend: str) -> LocalCluster:
-    cluster = LocalCluster(base_dir, nodes_count=3, n=3, env={"DYNACORE_BACKEND": backend})
+def start_cluster(base_dir: Path, backend: str, durable: bool) -> LocalCluster:
+    extra_args = [] if durable else ["--no-sync"]
+    env = {"DYNACORE_BACKEND": backend}
+    cluster = LocalCluster(base_dir, nodes_count=3, n=3, env=env, extra_args=extra_args)
     cluster.start()
     return cluster
 
@@ -174,16 +179,17 @@ def start_cluster(base_dir: Path, backend: str) -> LocalCluster:
 # -- pytest-benchmark --------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", params=BENCH_BACKENDS)
+@pytest.fixture(scope="module", params=BENCH_CLUSTERS, ids=["-".join(c) for c in BENCH_CLUSTERS])
 def cluster_worker(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[str, Worker]]:
-    backend: str = request.param
-    cluster = start_cluster(tmp_path_factory.mktemp(f"datapath-{backend}"), backend)
+) -> Iterator[tuple[str, str, Worker]]:
+    backend, sync_mode = request.param
+    base_dir = tmp_path_factory.mktemp(f"datapath-{backend}-{sync_mode}")
+    cluster = start_cluster(base_dir, backend, durable=sync_mode == "durable")
     try:
         worker = Worker(cluster.addresses, backend, do_preload=True)
         try:
-            yield backend, worker
+            yield backend, sync_mode, worker
         finally:
             worker.close()
     finally:
@@ -191,9 +197,11 @@ def cluster_worker(
 
 
 @pytest.mark.parametrize("mix", list(MIXES))
-def test_cluster_datapath(benchmark: Any, cluster_worker: tuple[str, Worker], mix: str) -> None:
-    backend, worker = cluster_worker
-    benchmark.group = f"datapath.3node.{mix}"
+def test_cluster_datapath(
+    benchmark: Any, cluster_worker: tuple[str, str, Worker], mix: str
+) -> None:
+    backend, sync_mode, worker = cluster_worker
+    benchmark.group = f"datapath.3node.{sync_mode}.{mix}"
     benchmark.extra_info["impl"] = backend
     rounds: list[Figures] = []
 
@@ -236,13 +244,14 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=OPS_PER_ROUND)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY)
+    parser.add_argument("--no-sync", action="store_true", help="nodes run `serve --no-sync`")
     parser.add_argument("--hold", action="store_true", help="print node pids, wait for Enter")
     args = parser.parse_args()
     if args.mode == "worker":
         trio.run(worker_main, args.seeds.split(","), args.concurrency, args.preload)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        cluster = start_cluster(Path(tmp), args.backend)
+        cluster = start_cluster(Path(tmp), args.backend, durable=not args.no_sync)
         try:
             pids = [n.process.pid for n in cluster.nodes if n.process is not None]
             print("node pids:", " ".join(map(str, pids)), flush=True)

@@ -122,6 +122,7 @@ class _Gather:
     pending: int
     replies: dict[str, bytes | None] = field(default_factory=dict)
     settled: trio.Event = field(default_factory=trio.Event)
+    on_settled: Callable[[], None] | None = None
     on_complete: Callable[[dict[str, bytes | None]], None] | None = None
 
     def reply(self, node: str, value: bytes | None) -> None:
@@ -134,10 +135,26 @@ class _Gather:
     def _step(self) -> None:
         self.pending -= 1
         assert self.pending >= 0
-        if len(self.replies) >= self.required or self.pending == 0:
+        settling = len(self.replies) >= self.required or self.pending == 0
+        if settling and not self.settled.is_set():
             self.settled.set()
+            if self.on_settled is not None:
+                self.on_settled()
         if self.pending == 0 and self.on_complete is not None:
             self.on_complete(self.replies)
+
+
+def _read_outcome(gather: _Gather) -> tuple[bytes | None, QuorumNotMet | None]:
+    """The merged set of a settled read, or the error when too few replicas answered."""
+    replies = list(gather.replies.values())
+    if len(replies) < gather.required:
+        error = QuorumNotMet(
+            f"get: {len(replies)} of the {gather.required} required replicas answered in time",
+            acked=len(replies),
+            required=gather.required,
+        )
+        return None, error
+    return merge_sets(replies), None
 
 
 def merge_sets(sets: Sequence[bytes | None]) -> bytes | None:
@@ -286,6 +303,11 @@ class Coordinator:
 
         return self._call_soon(peer, messages.REPLICA_PUT, [stored_key, new_set], done)
 
+    def _can_call_soon(self, peer: str) -> bool:
+        """True when `_call_soon(peer, ...)` would send now."""
+        address = self.membership.addresses.get(peer)
+        return address is not None and self._rpc.can_call_soon(address)
+
     def _call_soon(
         self,
         peer: str,
@@ -391,12 +413,7 @@ class Coordinator:
 
     async def get(self, namespace: str, key: bytes, *, r: QuorumSpec | None = None) -> bytes | None:
         """The merged version set of at least r replicas (None: absent everywhere that answered)."""
-        objects.check_sizes(key, None, self._limits)
-        stored_key = objects.object_key(namespace, key)
-        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
-        required = resolve_quorum(r, len(pref), default=self._default_r)
-        gather = _Gather(required=required, pending=len(pref))
-        gather.on_complete = functools.partial(self._repair_if_stale, stored_key)
+        stored_key, pref, gather = self._read_plan(namespace, key, r)
         # As in _replicate: only the reads that wait for a task need a cancel scope.
         slow = [node for node in pref if not self._read_one_soon(node, stored_key, gather)]
         if not slow:
@@ -406,14 +423,42 @@ class Coordinator:
                 for node in slow:
                     await self._spawn(self._read_one, node, stored_key, gather)
                 await gather.settled.wait()
-        replies = list(gather.replies.values())
-        if len(replies) < required:
-            raise QuorumNotMet(
-                f"get: {len(replies)} of the {required} required replicas answered in time",
-                acked=len(replies),
-                required=required,
-            )
-        return merge_sets(replies)
+        merged, error = _read_outcome(gather)
+        if error is not None:
+            raise error
+        return merged
+
+    def get_soon(
+        self,
+        namespace: str,
+        key: bytes,
+        r: QuorumSpec | None,
+        on_done: Callable[[bytes | None, DynacoreError | None], None],
+    ) -> bool:
+        """`get` without a task, when every remote replica's connection is up and has room:
+        `on_done(merged, error)` follows (error: what `get` would raise). False when it
+        cannot start so (nothing was sent: use `get`)."""
+        stored_key, pref, gather = self._read_plan(namespace, key, r)
+        for node in pref:
+            if node != self.node_id and not self._can_call_soon(node):
+                return False
+        gather.on_settled = lambda: on_done(*_read_outcome(gather))
+        for node in pref:
+            sent = self._read_one_soon(node, stored_key, gather)
+            assert sent, "checked just before, with no scheduling point in between"
+        return True
+
+    def _read_plan(
+        self, namespace: str, key: bytes, r: QuorumSpec | None
+    ) -> tuple[bytes, tuple[str, ...], _Gather]:
+        """The stored key, the replicas to ask, and the gather of their replies."""
+        objects.check_sizes(key, None, self._limits)
+        stored_key = objects.object_key(namespace, key)
+        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        required = resolve_quorum(r, len(pref), default=self._default_r)
+        gather = _Gather(required=required, pending=len(pref))
+        gather.on_complete = functools.partial(self._repair_if_stale, stored_key)
+        return stored_key, pref, gather
 
     def _read_one_soon(self, node: str, stored_key: bytes, gather: _Gather) -> bool:
         """The local replica's set into `gather` at once, a remote one's by REPLICA_GET without

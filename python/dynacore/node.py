@@ -24,7 +24,7 @@ from dynacore.coordinator import Clock, Coordinator, PeerHealth, exception_leave
 from dynacore.errors import ProtocolError
 from dynacore.membership import Membership
 from dynacore.messages import NodeStatus, PeerStatus, expect
-from dynacore.net.rpc import RpcServer, open_rpc_client
+from dynacore.net.rpc import Respond, RpcServer, open_rpc_client
 from dynacore.net.transport import TcpTransport, Transport
 from dynacore.storage import Engine, open_lmdb_engine, open_memory_engine, open_node_meta
 
@@ -95,6 +95,24 @@ class Node:
     async def _client_get(self, fields: list[Any]) -> list[Any]:
         namespace, key, r = expect(fields, (str, bytes, SPEC), "CLIENT_GET")
         merged = await self.coordinator.get(namespace, key, r=_spec(r))
+        return self._get_reply(merged)
+
+    def client_get_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """CLIENT_GET without a task when the replicas' connections are up (else False)."""
+        namespace, key, r = expect(fields, (str, bytes, SPEC), "CLIENT_GET")
+
+        def done(merged: bytes | None, error: Exception | None) -> None:
+            if error is None:
+                try:
+                    respond(self._get_reply(merged))
+                except Exception as exc:
+                    respond(exc)
+            else:
+                respond(error)
+
+        return self.coordinator.get_soon(namespace, key, _spec(r), done)
+
+    def _get_reply(self, merged: bytes | None) -> list[Any]:
         if merged is None:
             return [b"", [], 0]
         now_ms = self.clock.now_ms()
@@ -277,8 +295,12 @@ async def _run_node(
             )
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             inline = {messages.REPLICA_GET: node.replica_get_inline}
+            deferred = {messages.CLIENT_GET: node.client_get_deferred}
+            serve = functools.partial(
+                server.serve, inline_handlers=inline, deferred_handlers=deferred
+            )
             node.address = await nursery.start(
-                functools.partial(server.serve, inline_handlers=inline),
+                serve,
                 transport,
                 config.listen,
                 node.handle,

@@ -45,6 +45,12 @@ Handler = Callable[[int, list[Value], str], Awaitable[list[Value]]]
 # An inline handler: (fields, peer_id) -> reply fields, run by the connection's reader itself
 # (no task): for requests answered at once, without I/O or waiting.
 InlineHandler = Callable[[list[Value], str], list[Value]]
+# How a deferred handler answers: the reply fields, or the exception to answer with.
+Respond = Callable[[list[Value] | Exception], None]
+# A deferred handler: (fields, peer_id, respond) -> started. It starts the work without a task
+# and calls `respond` exactly once, now or later (from a callback); or it returns False having
+# started nothing, and the request goes to the task handler instead.
+DeferredHandler = Callable[[list[Value], str, Respond], bool]
 # Called with a message the channel refused to encode; may return a message to send instead.
 Rejected = Callable[[Message, DynacoreError], Message | None]
 
@@ -84,9 +90,10 @@ class _Outbox:
         self._queue.append(message)
         self._ready.set()
 
-    def put_nowait(self, message: Message) -> bool:
-        """Queue a message if there is room; False when the queue is full or closed."""
-        if self._closed or len(self._queue) >= self._capacity:
+    def put_nowait(self, message: Message, *, force: bool = False) -> bool:
+        """Queue a message if there is room (or `force`: the caller bounds its messages
+        itself); False when the queue is full or closed."""
+        if self._closed or (len(self._queue) >= self._capacity and not force):
             return False
         self._queue.append(message)
         self._ready.set()
@@ -524,6 +531,13 @@ class RpcClient:
             self.stats.silent_drops += 1
             await conn.aclose(f"nothing received for {self._config.silent_connection_s} s")
 
+    def can_call_soon(self, address: str) -> bool:
+        """True when `call_soon(address, ...)` would send now (connected, a slot free)."""
+        peer = self._peers.get(address)
+        if self._closed or peer is None or peer.conn is None or not peer.conn.alive:
+            return False
+        return peer.slots.used < peer.slots.limit
+
     def connected(self, address: str) -> bool:
         peer = self._peers.get(address)
         return peer is not None and peer.conn is not None and peer.conn.alive
@@ -690,6 +704,7 @@ class _ServerConnection:
         peer_id: str,
         handler: Handler,
         inline: Mapping[int, InlineHandler],
+        deferred: Mapping[int, DeferredHandler],
         config: NetConfig,
         stats: ServerStats,
     ) -> None:
@@ -698,6 +713,7 @@ class _ServerConnection:
         self._peer_id = peer_id
         self._handler = handler
         self._inline = inline
+        self._deferred = deferred
         self._stats = stats
         self._slots = _Slots(concurrency)
         self._outbox = _Outbox(concurrency + 1, config.batch_max_messages)
@@ -732,7 +748,11 @@ class _ServerConnection:
             elif m.is_node_type(msg_type):
                 if not self._slots.try_acquire():
                     await self._slots.acquire()
-                nursery.start_soon(self._handle, msg_type, request_id, fields)
+                deferred = self._deferred.get(msg_type)
+                if deferred is None or not self._start_deferred(
+                    deferred, msg_type, request_id, fields
+                ):
+                    nursery.start_soon(self._handle, msg_type, request_id, fields)
             elif msg_type == MsgType.AUTH and request_id == m.HANDSHAKE_REQUEST_ID:
                 pass  # a duplicate of the accepted AUTH (the simulated network duplicates)
             elif msg_type == MsgType.PING:
@@ -755,6 +775,33 @@ class _ServerConnection:
             return self._handler_error(msg_type, request_id, exc)
         return self._result(request_id, result)
 
+    def _start_deferred(
+        self, deferred: DeferredHandler, msg_type: int, request_id: int, fields: list[Value]
+    ) -> bool:
+        """Start a deferred handler (holding one handler slot until it responds)."""
+        answered = False
+
+        def respond(outcome: list[Value] | Exception) -> None:
+            nonlocal answered
+            assert not answered, "a deferred handler responded twice"
+            answered = True
+            self._slots.release()
+            if isinstance(outcome, Exception):
+                message = self._handler_error(msg_type, request_id, outcome)
+            else:
+                message = self._result(request_id, outcome)
+            # The slots bound these replies; a closed connection drops them.
+            self._outbox.put_nowait(message, force=True)
+
+        try:
+            started = deferred(fields, self._peer_id, respond)
+        except Exception as exc:
+            if not answered:
+                respond(exc)
+            return True
+        assert started or not answered, "a deferred handler responded but said it had not started"
+        return started
+
     def _inline_reply(
         self, inline: InlineHandler, msg_type: int, request_id: int, fields: list[Value]
     ) -> Message:
@@ -767,7 +814,12 @@ class _ServerConnection:
     def _handler_error(self, msg_type: int, request_id: int, exc: Exception) -> Message:
         self._stats.handler_errors += 1
         if not isinstance(exc, DynacoreError):
-            log.exception("handler failed on message type %d from %s", msg_type, self._peer_id)
+            log.error(
+                "handler failed on message type %d from %s",
+                msg_type,
+                self._peer_id,
+                exc_info=exc,
+            )
         return m.error(request_id, exc)
 
     def _result(self, request_id: int, result: object) -> Message:
@@ -808,25 +860,32 @@ class RpcServer:
         handler: Handler,
         *,
         inline_handlers: Mapping[int, InlineHandler] | None = None,
+        deferred_handlers: Mapping[int, DeferredHandler] | None = None,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve until cancelled; `task_status.started(bound_address)` once listening.
 
         `inline_handlers[msg_type]` answers that type in the connection's reader, without a
-        task (for quick synchronous answers); every other node type goes to `handler`.
+        task (for quick synchronous answers); `deferred_handlers[msg_type]` may start answering
+        that type without a task (see DeferredHandler); every other goes to `handler`.
         """
         inline = dict(inline_handlers or {})
-        for msg_type in inline:
+        deferred = dict(deferred_handlers or {})
+        for msg_type in [*inline, *deferred]:
             if not m.is_node_type(msg_type):
-                raise ConfigError(f"an inline handler for {msg_type}, not a node message type")
+                raise ConfigError(f"a fast handler for {msg_type}, not a node message type")
 
         async def on_channel(channel: Channel) -> None:
-            await self._serve_connection(channel, handler, inline)
+            await self._serve_connection(channel, handler, inline, deferred)
 
         await transport.serve(address, on_channel, task_status=task_status)
 
     async def _serve_connection(
-        self, channel: Channel, handler: Handler, inline: Mapping[int, InlineHandler]
+        self,
+        channel: Channel,
+        handler: Handler,
+        inline: Mapping[int, InlineHandler],
+        deferred: Mapping[int, DeferredHandler],
     ) -> None:
         self.stats.connections += 1
         if self.stats.open_connections >= self._config.max_connections:
@@ -842,7 +901,7 @@ class RpcServer:
             self.stats.active_connections += 1
             try:
                 connection = _ServerConnection(
-                    channel, peer_id, handler, inline, self._config, self.stats
+                    channel, peer_id, handler, inline, deferred, self._config, self.stats
                 )
                 await connection.run()
             finally:

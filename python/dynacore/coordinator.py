@@ -58,6 +58,14 @@ class Store(Protocol):
 
     async def update(self, db: str, key: bytes, fn: Update) -> bytes | None: ...
 
+    def update_soon(
+        self,
+        db: str,
+        key: bytes,
+        fn: Update,
+        on_done: Callable[[bytes | None, Exception | None], None],
+    ) -> bool: ...
+
 
 class PeerHealth:
     """Up/down of peers as seen from recent RPC outcomes. Only steers routing, never ownership."""
@@ -525,15 +533,31 @@ class Coordinator:
 
     async def replica_put(self, stored_key: bytes, incoming: bytes) -> None:
         """Merge an incoming set into the stored one; returns once durable."""
-        versions.size(incoming)  # VersionError for a malformed set, before the write
+        await self._store.update(DATA_DB, stored_key, _merge_fn(incoming))
 
-        def merge(old: bytes | None) -> bytes:
-            return incoming if old is None else versions.sync(old, incoming)
-
-        await self._store.update(DATA_DB, stored_key, merge)
+    def replica_put_soon(
+        self, stored_key: bytes, incoming: bytes, on_done: Callable[[Exception | None], None]
+    ) -> bool:
+        """`replica_put` without a task when the commit queue has room (else False): on_done
+        (None, or the error) once durable or failed."""
+        merge = _merge_fn(incoming)
+        return self._store.update_soon(
+            DATA_DB, stored_key, merge, lambda _result, error: on_done(error)
+        )
 
     def replica_get(self, stored_key: bytes) -> bytes | None:
         return self._store.get(DATA_DB, stored_key)
+
+
+def _merge_fn(incoming: bytes) -> Update:
+    """The update that syncs an incoming set into the stored one; VersionError at once for a
+    malformed set, before anything is written."""
+    versions.size(incoming)
+
+    def merge(old: bytes | None) -> bytes:
+        return incoming if old is None else versions.sync(old, incoming)
+
+    return merge
 
 
 def exception_leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

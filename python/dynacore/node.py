@@ -157,6 +157,15 @@ class Node:
         (stored_key,) = expect(fields, (bytes,), "REPLICA_GET")
         return [self.coordinator.replica_get(stored_key)]
 
+    def replica_put_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """REPLICA_PUT without a task when the commit queue has room (else False)."""
+        stored_key, incoming = expect(fields, (bytes, bytes), "REPLICA_PUT")
+
+        def done(error: Exception | None) -> None:
+            respond([] if error is None else error)
+
+        return self.coordinator.replica_put_soon(stored_key, incoming, done)
+
     async def _replica_put(self, fields: list[Any]) -> list[Any]:
         stored_key, incoming = expect(fields, (bytes, bytes), "REPLICA_PUT")
         await self.coordinator.replica_put(stored_key, incoming)
@@ -295,7 +304,10 @@ async def _run_node(
             )
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             inline = {messages.REPLICA_GET: node.replica_get_inline}
-            deferred = {messages.CLIENT_GET: node.client_get_deferred}
+            deferred = {
+                messages.CLIENT_GET: node.client_get_deferred,
+                messages.REPLICA_PUT: node.replica_put_deferred,
+            }
             serve = functools.partial(
                 server.serve, inline_handlers=inline, deferred_handlers=deferred
             )

@@ -10,7 +10,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import trio
 
@@ -43,6 +43,7 @@ FORWARD_TIMEOUT_FACTOR = 2.0  # a forwarded put waits for the remote coordinator
 UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down: try another
 
 Update = Callable[[bytes | None], bytes | None]
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -106,6 +107,7 @@ class _Acks:
     pending: int
     count: int = 0
     settled: trio.Event = field(default_factory=trio.Event)
+    on_settled: Callable[[], None] | None = None
 
     def add(self) -> None:
         self.count += 1
@@ -117,8 +119,20 @@ class _Acks:
     def _step(self) -> None:
         self.pending -= 1
         assert self.pending >= 0
-        if self.count >= self.required or self.pending == 0:
+        if (self.count >= self.required or self.pending == 0) and not self.settled.is_set():
             self.settled.set()
+            if self.on_settled is not None:
+                self.on_settled()
+
+    def outcome(self) -> QuorumNotMet | None:
+        """None once w acked; else the error that says how many did."""
+        if self.count >= self.required:
+            return None
+        return QuorumNotMet(
+            f"put: {self.count} of the {self.required} required replicas acknowledged in time",
+            acked=self.count,
+            required=self.required,
+        )
 
 
 @dataclass
@@ -150,6 +164,26 @@ class _Gather:
                 self.on_settled()
         if self.pending == 0 and self.on_complete is not None:
             self.on_complete(self.replies)
+
+
+def _report(
+    on_done: Callable[[T, Exception | None], None],
+    outcome: Callable[[], tuple[T, Exception | None]],
+) -> None:
+    """on_done(*outcome()), or on_done(None, error) when computing the outcome raised: a
+    callback chain must always answer."""
+    try:
+        result, error = outcome()
+    except Exception as exc:
+        on_done(None, exc)  # type: ignore[arg-type]  # T is always an Optional here
+        return
+    on_done(result, error)
+
+
+def _next_context(new_set: bytes, context: bytes) -> bytes:
+    """The context a put returns: one covering the write, or the one sent when the write left
+    siblings (read to see and resolve them)."""
+    return versions.join(new_set) if versions.size(new_set) == 1 else context
 
 
 def _read_outcome(gather: _Gather) -> tuple[bytes | None, QuorumNotMet | None]:
@@ -228,6 +262,82 @@ class Coordinator:
         context that was sent (read to see and resolve them), so that no sibling the client has
         not seen can be overwritten with it.
         """
+        stored_key, pref, required = self._write_plan(namespace, key, value, context, w, ttl_ms)
+        if self.node_id not in pref:
+            if forwarded:
+                raise Unavailable(f"{self.node_id} got a forwarded put it does not replicate")
+            return await self._forward(pref, namespace, key, value, context, w, ttl_ms)
+        put_fn = self._put_fn(context, self._envelope(value, ttl_ms))
+        new_set = await self._store.update(DATA_DB, stored_key, put_fn)
+        assert new_set is not None
+        await self._replicate(stored_key, new_set, [p for p in pref if p != self.node_id], required)
+        return _next_context(new_set, context)
+
+    def put_soon(
+        self,
+        namespace: str,
+        key: bytes,
+        value: bytes | None,
+        context: bytes,
+        w: QuorumSpec | None,
+        ttl_ms: int,
+        on_done: Callable[[bytes | None, Exception | None], None],
+    ) -> bool:
+        """`put` without a task, when this node replicates the key, every other replica's
+        connection is up and the commit queue has room: `on_done(next_context, error)` follows
+        (error: what `put` would raise). False when it cannot start so (nothing was done)."""
+        stored_key, pref, required = self._write_plan(namespace, key, value, context, w, ttl_ms)
+        peers = [p for p in pref if p != self.node_id]
+        if len(peers) == len(pref) or not all(self._can_call_soon(p) for p in peers):
+            return False
+
+        def committed(new_set: bytes | None, error: Exception | None) -> None:
+            if error is not None:
+                on_done(None, error)
+                return
+            assert new_set is not None
+            acks = _Acks(required=required, pending=len(peers) + 1)
+            acks.on_settled = lambda: _report(
+                on_done, lambda: (_next_context(new_set, context), acks.outcome())
+            )
+            acks.add()  # the local durable commit
+            for peer in peers:
+                try:
+                    sent = self._replica_put_soon(peer, stored_key, new_set, acks)
+                except DynacoreError as exc:  # e.g. the peer left the view meanwhile
+                    log.warning("replica put to %s failed: %r", peer, exc)
+                    acks.fail()
+                    continue
+                if not sent:
+                    self._replica_put_later(peer, stored_key, new_set, acks)
+
+        put_fn = self._put_fn(context, self._envelope(value, ttl_ms))
+        return self._store.update_soon(DATA_DB, stored_key, put_fn, committed)
+
+    def _replica_put_later(self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks) -> None:
+        """A REPLICA_PUT by a background task, from a callback (no waiting for a task slot:
+        when every slot is taken the peer is counted as failed; read repair catches up)."""
+        token = object()
+        try:
+            self._tasks.acquire_on_behalf_of_nowait(token)
+        except trio.WouldBlock:
+            log.warning("replica put to %s skipped: %d tasks running", peer, BACKGROUND_MAX_TASKS)
+            acks.fail()
+            return
+        self._background.start_soon(
+            self._run_released, token, self._replica_put_remote, peer, stored_key, new_set, acks
+        )
+
+    def _write_plan(
+        self,
+        namespace: str,
+        key: bytes,
+        value: bytes | None,
+        context: bytes,
+        w: QuorumSpec | None,
+        ttl_ms: int,
+    ) -> tuple[bytes, tuple[str, ...], int]:
+        """Check a write; its stored key, preference list and required acks."""
         objects.check_sizes(key, value, self._limits)
         if ttl_ms < 0:
             raise ProtocolError(f"ttl must not be negative, got {ttl_ms} ms")
@@ -236,23 +346,16 @@ class Coordinator:
         stored_key = objects.object_key(namespace, key)
         pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
         required = resolve_quorum(w, len(pref), default=self._default_w)
-        if self.node_id not in pref:
-            if forwarded:
-                raise Unavailable(f"{self.node_id} got a forwarded put it does not replicate")
-            return await self._forward(pref, namespace, key, value, context, w, ttl_ms)
+        return stored_key, pref, required
+
+    def _envelope(self, value: bytes | None, ttl_ms: int) -> bytes:
         now_ms = self._clock.now_ms()
-        envelope = objects.encode_envelope(
+        return objects.encode_envelope(
             value or b"",
             timestamp_ms=now_ms,
             expiry_ms=now_ms + ttl_ms if ttl_ms else 0,
             tombstone=value is None,
         )
-        new_set = await self._store.update(DATA_DB, stored_key, self._put_fn(context, envelope))
-        assert new_set is not None
-        await self._replicate(stored_key, new_set, [p for p in pref if p != self.node_id], required)
-        if versions.size(new_set) == 1:
-            return versions.join(new_set)
-        return context
 
     def _put_fn(self, context: bytes, envelope: bytes) -> Update:
         actor, limits = self.actor_id, self._limits
@@ -293,12 +396,9 @@ class Coordinator:
                 for peer in slow:
                     await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
                 await acks.settled.wait()
-        if acks.count < required:
-            raise QuorumNotMet(
-                f"put: {acks.count} of the {required} required replicas acknowledged in time",
-                acked=acks.count,
-                required=required,
-            )
+        error = acks.outcome()
+        if error is not None:
+            raise error
 
     def _replica_put_soon(self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks) -> bool:
         """REPLICA_PUT without a task when the peer's connection is up (else False)."""
@@ -441,7 +541,7 @@ class Coordinator:
         namespace: str,
         key: bytes,
         r: QuorumSpec | None,
-        on_done: Callable[[bytes | None, DynacoreError | None], None],
+        on_done: Callable[[bytes | None, Exception | None], None],
     ) -> bool:
         """`get` without a task, when every remote replica's connection is up and has room:
         `on_done(merged, error)` follows (error: what `get` would raise). False when it
@@ -450,7 +550,7 @@ class Coordinator:
         for node in pref:
             if node != self.node_id and not self._can_call_soon(node):
                 return False
-        gather.on_settled = lambda: on_done(*_read_outcome(gather))
+        gather.on_settled = lambda: _report(on_done, lambda: _read_outcome(gather))
         for node in pref:
             sent = self._read_one_soon(node, stored_key, gather)
             assert sent, "checked just before, with no scheduling point in between"

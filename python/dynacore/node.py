@@ -131,6 +131,23 @@ class Node:
         )
         return [new_context]
 
+    def client_put_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """CLIENT_PUT without a task when this node replicates the key and the replicas'
+        connections are up (else False: forwarding and the slow paths take a task)."""
+        namespace, key, value, context, w, ttl_ms, _forwarded = expect(
+            fields, (str, bytes, bytes, bytes, SPEC, int, bool), "CLIENT_PUT"
+        )
+        done = _context_reply(respond)
+        return self.coordinator.put_soon(namespace, key, value, context, _spec(w), ttl_ms, done)
+
+    def client_delete_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """CLIENT_DELETE without a task, as client_put_deferred."""
+        namespace, key, context, w, _forwarded = expect(
+            fields, (str, bytes, bytes, SPEC, bool), "CLIENT_DELETE"
+        )
+        done = _context_reply(respond)
+        return self.coordinator.put_soon(namespace, key, None, context, _spec(w), 0, done)
+
     async def _client_delete(self, fields: list[Any]) -> list[Any]:
         namespace, key, context, w, forwarded = expect(
             fields, (str, bytes, bytes, SPEC, bool), "CLIENT_DELETE"
@@ -205,6 +222,15 @@ class Node:
             pending_hints=0,
             peers=peers,
         )
+
+
+def _context_reply(respond: Respond) -> Callable[[bytes | None, Exception | None], None]:
+    """A put's outcome as the [context] reply (or the error)."""
+
+    def done(context: bytes | None, error: Exception | None) -> None:
+        respond([context] if error is None else error)
+
+    return done
 
 
 def _spec(value: str | int | None) -> QuorumSpec | None:
@@ -307,6 +333,8 @@ async def _run_node(
             deferred = {
                 messages.CLIENT_GET: node.client_get_deferred,
                 messages.REPLICA_PUT: node.replica_put_deferred,
+                messages.CLIENT_PUT: node.client_put_deferred,
+                messages.CLIENT_DELETE: node.client_delete_deferred,
             }
             serve = functools.partial(
                 server.serve, inline_handlers=inline, deferred_handlers=deferred

@@ -95,6 +95,8 @@ class PeerHealth:
 
     def order(self, nodes: Sequence[str]) -> list[str]:
         """`nodes` with the ones believed up first, each group in its original order."""
+        if not self._down_since:
+            return list(nodes)
         return [n for n in nodes if self.is_up(n)] + [n for n in nodes if not self.is_up(n)]
 
 

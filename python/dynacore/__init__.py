@@ -3,12 +3,14 @@
 `dynacore.backend` names the implementation of the hot paths in use ("rust", "cython" or
 "python"), chosen by DYNACORE_BACKEND=auto|rust|cython|python. `dynacore.Client` (sync) and
 `dynacore.AsyncClient` (trio) talk to a cluster; `resolve_lww` / `resolve_with` resolve siblings.
+`dynacore.Cache` (sync) and `dynacore.open_cache` (trio) embed a replicated cache member.
 """
 
 from __future__ import annotations
 
 from dynacore import errors
 from dynacore._backend import backend
+from dynacore.cache import AsyncCache, Cache, open_cache
 from dynacore.client import AsyncClient, Client, GetResult, resolve_lww, resolve_with
 from dynacore.config import NodeConfig, load_config
 from dynacore.limits import Limits
@@ -16,7 +18,9 @@ from dynacore.limits import Limits
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncCache",
     "AsyncClient",
+    "Cache",
     "Client",
     "GetResult",
     "Limits",
@@ -25,6 +29,7 @@ __all__ = [
     "backend",
     "errors",
     "load_config",
+    "open_cache",
     "resolve_lww",
     "resolve_with",
 ]

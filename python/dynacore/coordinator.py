@@ -44,6 +44,10 @@ UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down:
 
 Update = Callable[[bytes | None], bytes | None]
 T = TypeVar("T")
+Fallback = Callable[[str, bytes, bytes, set[str], bool], Awaitable[bool]]
+"""Sloppy quorum (cluster/hints.py): (down replica, stored key, set, fallbacks used by this put,
+whether the replica itself was tried) -> True when the write is durable on a node that counts
+toward w (a fallback with a hint, or the replica after all)."""
 
 
 class Clock(Protocol):
@@ -75,20 +79,35 @@ class PeerHealth:
         assert retry_after_s > 0
         self._retry_after_s = retry_after_s
         self._down_since: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
         self._known: set[str] = set()
 
     def mark_ok(self, node: str) -> None:
         self._known.add(node)
         self._down_since.pop(node, None)
+        self._retry_at.pop(node, None)
 
     def mark_failed(self, node: str) -> None:
         self._known.add(node)
-        self._down_since.setdefault(node, trio.current_time())
+        now = trio.current_time()
+        self._down_since.setdefault(node, now)
+        self._retry_at[node] = now + self._retry_after_s
 
     def is_up(self, node: str) -> bool:
-        """False while a recent call to `node` failed; True again after retry_after_s."""
-        since = self._down_since.get(node)
-        return since is None or trio.current_time() - since >= self._retry_after_s
+        """False while a recent call to `node` failed; True again retry_after_s after the last
+        failure."""
+        retry_at = self._retry_at.get(node)
+        return retry_at is None or trio.current_time() >= retry_at
+
+    def try_probe(self, node: str) -> bool:
+        """Whether a background request may go to `node` now: yes when it is up; when it is
+        down, yes for one caller per retry_after_s (the probe), so that a stream of writes does
+        not queue one doomed request per write behind a dead peer."""
+        if not self.is_up(node):
+            return False
+        if node in self._down_since:
+            self._retry_at[node] = trio.current_time() + self._retry_after_s
+        return True
 
     def is_down(self, node: str) -> bool:
         return node in self._down_since
@@ -110,6 +129,7 @@ class _Acks:
     count: int = 0
     settled: trio.Event = field(default_factory=trio.Event)
     on_settled: Callable[[], None] | None = None
+    fallbacks: set[str] = field(default_factory=set)  # nodes holding a hint of this put
 
     def add(self) -> None:
         self.count += 1
@@ -240,6 +260,9 @@ class Coordinator:
         self.health = health if health is not None else PeerHealth()
         self._repairs = trio.CapacityLimiter(READ_REPAIR_MAX_IN_FLIGHT)
         self._tasks = trio.CapacityLimiter(BACKGROUND_MAX_TASKS)
+        # hooks of cluster/hints.py (sloppy quorum) and cluster/reaper.py (see counter_floor)
+        self.fallback: Fallback | None = None
+        self.counter_floor: Callable[[], int] = lambda: 0
 
     @property
     def timeout_s(self) -> float:
@@ -311,14 +334,18 @@ class Coordinator:
                     acks.fail()
                     continue
                 if not sent:
-                    self._replica_put_later(peer, stored_key, new_set, acks)
+                    remote = self._replica_put_remote
+                    self._in_background(peer, acks, remote, peer, stored_key, new_set, acks)
 
         put_fn = self._put_fn(context, self._envelope(value, ttl_ms))
         return self._store.update_soon(DATA_DB, stored_key, put_fn, committed)
 
-    def _replica_put_later(self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks) -> None:
-        """A REPLICA_PUT by a background task, from a callback (no waiting for a task slot:
-        when every slot is taken the peer is counted as failed; read repair catches up)."""
+    def _in_background(
+        self, peer: str, acks: _Acks, fn: Callable[..., Awaitable[None]], *args: object
+    ) -> None:
+        """Start fn(*args) (a replica put for `peer` that counts in `acks`) in a background
+        task, from a callback: no waiting for a task slot; when every slot is taken the peer is
+        counted as failed (read repair and anti-entropy catch up)."""
         token = object()
         try:
             self._tasks.acquire_on_behalf_of_nowait(token)
@@ -326,9 +353,7 @@ class Coordinator:
             log.warning("replica put to %s skipped: %d tasks running", peer, BACKGROUND_MAX_TASKS)
             acks.fail()
             return
-        self._background.start_soon(
-            self._run_released, token, self._replica_put_remote, peer, stored_key, new_set, acks
-        )
+        self._background.start_soon(self._run_released, token, fn, *args)
 
     def _write_plan(
         self,
@@ -360,12 +385,15 @@ class Coordinator:
         )
 
     def _put_fn(self, context: bytes, envelope: bytes) -> Update:
-        actor, limits = self.actor_id, self._limits
+        actor, limits, floor = self.actor_id, self._limits, self.counter_floor
         max_set_bytes = limits.frame_size_bytes - FRAME_HEADROOM_BYTES - limits.key_size_bytes
 
         def apply(old: bytes | None) -> bytes:
             base = old if old is not None else versions.empty()
-            new = versions.update(base, context or versions.vv_empty(), envelope, actor)
+            ctx = context or versions.vv_empty()
+            if old is None and floor() > 0:  # never reissue a dot of a reaped object
+                ctx = versions.vv_merge(ctx, versions.vv_from([(actor, floor())]))
+            new = versions.update(base, ctx, envelope, actor)
             siblings = versions.size(new)
             if siblings > limits.siblings_max:
                 raise TooManySiblings(
@@ -403,15 +431,36 @@ class Coordinator:
             raise error
 
     def _replica_put_soon(self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks) -> bool:
-        """REPLICA_PUT without a task when the peer's connection is up (else False)."""
+        """REPLICA_PUT without a task when the peer's connection is up and the peer is not
+        believed down (else False: `_replica_put_remote` probes it or takes a fallback). A
+        failed send still gets its sloppy-quorum fallback, from a background task."""
+        if self.fallback is not None and self.health.is_down(peer):
+            return False
 
         def done(reply: list[Value] | None) -> None:
-            if reply is None:
-                acks.fail()
-            else:
+            if reply is not None:
                 acks.add()
+            elif self.fallback is not None:
+                self._in_background(peer, acks, self._fallback_put, peer, stored_key, new_set, acks)
+            else:
+                acks.fail()
 
         return self._call_soon(peer, messages.REPLICA_PUT, [stored_key, new_set], done)
+
+    async def _fallback_put(
+        self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks
+    ) -> None:
+        """Background: the sloppy-quorum fallback of a replica put that failed."""
+        assert self.fallback is not None
+        try:
+            stored = await self.fallback(peer, stored_key, new_set, acks.fallbacks, True)
+        except DynacoreError as exc:
+            log.warning("fallback for %s failed: %r", peer, exc)
+            stored = False
+        if stored:
+            acks.add()
+        else:
+            acks.fail()
 
     def _can_call_soon(self, peer: str) -> bool:
         """True when `_call_soon(peer, ...)` would send now."""
@@ -448,10 +497,13 @@ class Coordinator:
         self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks | None
     ) -> None:
         """Background: one REPLICA_PUT; a failure is logged (the peer is behind, not the write)."""
+        tried = True
         try:
             if peer == self.node_id:
                 await self.replica_put(stored_key, new_set)
                 reply: list[Value] | None = []
+            elif self.fallback is not None and acks is not None and not self.health.try_probe(peer):
+                reply, tried = None, False  # believed down: straight to a sloppy-quorum fallback
             else:
                 fields = [stored_key, new_set]
                 reply = await self._call(peer, messages.REPLICA_PUT, fields, self.timeout_s)
@@ -460,6 +512,9 @@ class Coordinator:
             reply = None
         if acks is None:
             return
+        if reply is None and self.fallback is not None:
+            stored = await self.fallback(peer, stored_key, new_set, acks.fallbacks, tried)
+            reply = [] if stored else None
         if reply is None:
             acks.fail()
         else:
@@ -518,6 +573,46 @@ class Coordinator:
             return None
         self.health.mark_ok(peer)
         return reply
+
+    # -- custom writes (the embedded cache's set/delete/incr, see cachewrite.py) -----------------
+
+    def replicates(self, namespace: str, key: bytes) -> bool:
+        """True when this node is in the key's preference list."""
+        stored_key = objects.object_key(namespace, key)
+        return self.node_id in self.membership.preference_list(
+            stored_key, self.membership.n_for(namespace)
+        )
+
+    async def apply(
+        self, namespace: str, key: bytes, fn: Update, *, w: QuorumSpec | None = None
+    ) -> bytes:
+        """Run `fn` on the stored set of a key this node replicates, inside the write transaction,
+        then replicate the new set as a put does (w durable acks); the new set. Unavailable when
+        this node does not replicate the key (forward the request instead)."""
+        stored_key = objects.object_key(namespace, key)
+        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        if self.node_id not in pref:
+            raise Unavailable(f"{self.node_id} does not replicate this key")
+        required = resolve_quorum(w, len(pref), default=self._default_w)
+        new_set = await self._store.update(DATA_DB, stored_key, fn)
+        assert new_set is not None, "a custom write must leave a version set"
+        await self._replicate(stored_key, new_set, [p for p in pref if p != self.node_id], required)
+        return new_set
+
+    async def forward(
+        self, namespace: str, key: bytes, msg_type: int, fields: Sequence[Value], *, retry: bool
+    ) -> list[Value]:
+        """Send a request to the key's preference list, healthy nodes first, until one answers.
+        With retry=False (a request that must not run twice) only the first node is tried."""
+        stored_key = objects.object_key(namespace, key)
+        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        order = self.health.order(pref)
+        for peer in order if retry else order[:1]:
+            timeout_s = self.timeout_s * FORWARD_TIMEOUT_FACTOR
+            reply = await self._call(peer, msg_type, fields, timeout_s)
+            if reply is not None:
+                return reply
+        raise Unavailable(f"no node of the preference list {list(pref)} could take the request")
 
     # -- get ---------------------------------------------------------------------------------------
 
@@ -680,6 +775,7 @@ def _single_bytes(reply: Sequence[Value], what: str) -> bytes:
 __all__ = [
     "Clock",
     "Coordinator",
+    "Fallback",
     "PeerHealth",
     "Store",
     "exception_leaves",

@@ -134,3 +134,19 @@ class RemoteError(DynacoreError):
 class ClusterError(DynacoreError, ValueError):
     """A membership change is refused (bad plan, handoff in progress) or a gossiped cluster state
     is malformed."""
+
+
+# -- the embedded cache ----------------------------------------------------------------------------
+
+
+class SerializationError(DynacoreError, TypeError):
+    """A value cannot be encoded by the cache's serializer, or stored bytes cannot (or may not,
+    like pickle data in a cache that did not opt in to pickle) be decoded."""
+
+
+class WrongType(DynacoreError, TypeError):
+    """A counter operation (incr/decr) on a key whose value is not an int."""
+
+
+class CacheClosed(DynacoreError):
+    """The embedded cache was closed (or its node stopped)."""

@@ -42,6 +42,13 @@ REPLICA_GET: Final = 48
 REPLICA_PUT: Final = 49
 """[stored_key: bytes, set: bytes] -> []  (answered once the merged set is durable)"""
 
+# -- the embedded cache (96-103; cachewrite.py) -------------------------------------------------
+
+CACHE_WRITE: Final = 96
+"""[namespace: str, key: bytes, op: int (1 set, 2 delete, 3 incr), payload: bytes, delta: int,
+ttl_ms: int, w: spec|None, forwarded: bool] -> [existed: bool, value: int]  (set and delete replace
+what the coordinator holds; incr adds delta to the coordinator's own counter entry)"""
+
 FIRST_NODE_TYPE: Final = 32
 LAST_NODE_TYPE: Final = 127
 
@@ -53,6 +60,7 @@ NAMES: Final = {
     STATUS: "STATUS",
     REPLICA_GET: "REPLICA_GET",
     REPLICA_PUT: "REPLICA_PUT",
+    CACHE_WRITE: "CACHE_WRITE",
 }
 assert all(FIRST_NODE_TYPE <= t <= LAST_NODE_TYPE for t in NAMES)
 

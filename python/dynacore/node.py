@@ -17,8 +17,9 @@ from typing import Any, ClassVar
 
 import trio
 
-from dynacore import messages, objects
+from dynacore import cachewrite, messages, objects
 from dynacore._backend import versions
+from dynacore.cluster.antientropy import ObservedEngine, SelfHealing
 from dynacore.config import NodeConfig, QuorumSpec, check_quorum_spec
 from dynacore.coordinator import Clock, Coordinator, PeerHealth, exception_leaves
 from dynacore.errors import ProtocolError
@@ -70,6 +71,8 @@ class Node:
         self.clock = clock
         self.address = ""  # the bound "host:port", set once the server listens
         self._cancel_scope = cancel_scope
+        self.extra_handlers: dict[int, Callable[[list[Any]], Awaitable[list[Any]]]] = {}
+        self.healing: SelfHealing | None = None  # hints, anti-entropy, reaper (set by open_node)
 
     @property
     def membership(self) -> Membership:
@@ -89,7 +92,10 @@ class Node:
         """The RPC handler: one request in, its reply fields out; errors become ERROR replies."""
         handler = self._handlers.get(msg_type)
         if handler is None:
-            raise ProtocolError(f"unknown message type {msg_type}")
+            extra = self.extra_handlers.get(msg_type)  # the self-healing services' messages
+            if extra is None:
+                raise ProtocolError(f"unknown message type {msg_type}")
+            return await extra(fields)
         return await handler(self, fields)
 
     async def _client_get(self, fields: list[Any]) -> list[Any]:
@@ -188,6 +194,9 @@ class Node:
         await self.coordinator.replica_put(stored_key, incoming)
         return []
 
+    async def _cache_write(self, fields: list[Any]) -> list[Any]:
+        return await cachewrite.handle(self.coordinator, self.clock, self.config.limits, fields)
+
     _handlers: ClassVar[dict[int, Callable[[Node, list[Any]], Awaitable[list[Any]]]]] = {
         messages.CLIENT_GET: _client_get,
         messages.CLIENT_PUT: _client_put,
@@ -196,6 +205,7 @@ class Node:
         messages.STATUS: _status,
         messages.REPLICA_GET: _replica_get,
         messages.REPLICA_PUT: _replica_put,
+        messages.CACHE_WRITE: _cache_write,
     }
 
     # -- status ------------------------------------------------------------------------------------
@@ -219,7 +229,7 @@ class Node:
             partitions=view.ring.q,
             partitions_owned=view.partitions_owned(self.node_id),
             key_count=self.engine.count("data"),
-            pending_hints=0,
+            pending_hints=self.engine.count("hints"),
             peers=peers,
         )
 
@@ -299,6 +309,7 @@ async def _run_node(
             engine if engine is not None else await stack.enter_async_context(_open_engine(config))
         )
         actor_id = (await open_node_meta(store, config.node_id, rng)).actor_id
+        store = ObservedEngine(store)  # every data write marks its Merkle tree leaf dirty
         rpc = await stack.enter_async_context(
             open_rpc_client(
                 transport,
@@ -328,6 +339,18 @@ async def _run_node(
                 clock=clock,
                 cancel_scope=nursery.cancel_scope,
             )
+            heal = SelfHealing(
+                config,
+                actor_id=actor_id,
+                store=store,
+                rpc=rpc,
+                clock_ms=clock.now_ms,
+                view=lambda: coordinator.membership,
+                health=coordinator.health,
+            )
+            await heal.start(nursery)
+            coordinator.fallback, coordinator.counter_floor = heal.handoff.fallback, heal.floor
+            node.healing, node.extra_handlers = heal, heal.handlers()
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             inline = {messages.REPLICA_GET: node.replica_get_inline}
             deferred = {

@@ -344,6 +344,14 @@ class LmdbEngine:
         check_db(db)
         return self._run_read(lambda txn: self._layout.count(txn, db))
 
+    def read_handle(self, db: str) -> tuple[lmdb.Environment, lmdb._Database, int]:
+        """(environment, database handle, long-key cut) for a caller that runs its own short
+        read transactions on a hot path (the embedded cache's local get). Keys longer than the
+        cut must go through `get`. The caller must finish its reads before `aclose`, which
+        does not wait for them."""
+        check_db(db)
+        return self._env, self._layout.dbis[db], self._layout.cut
+
     # -- writes (group commit) -------------------------------------------------------------
 
     async def update(self, db: str, key: bytes, fn: Update) -> bytes | None:

@@ -2,6 +2,11 @@
 w acks), get (r replies merged, read repair in the background), forwarding to a preference-list
 node, and the replica side (REPLICA_PUT / REPLICA_GET). The node wires it; everything it needs
 (rpc, storage, membership, clock, actor id, limits, a nursery for background work) is handed in.
+
+Fast paths: replica reads and writes go out by RPC callbacks (`_call_soon`) rather than one task
+each, and `get_soon` / `put_soon` run a whole client request from callbacks (the node's deferred
+handlers). Each falls back to the task path whenever a connection, a slot or the commit queue is
+not ready, so both paths have the same outcomes.
 """
 
 from __future__ import annotations

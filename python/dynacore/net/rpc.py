@@ -4,6 +4,12 @@ RpcServer (handshake, bounded handler concurrency per connection, errors as ERRO
 
 Nodes and clients both use it. All tasks live in a nursery the owner hands in (or that
 `open_rpc_client` owns); every wait is bounded by a timeout or by that owner's cancellation.
+
+The request path is built to cost no task and no cancel scope per request (see benches/README.md,
+"Data path profile"): a request's deadline goes on its connection's heap, which one timer task
+per connection enforces; `call_soon` sends with a callback instead of a waiting caller; the
+server answers `inline_handlers` in the connection's reader and lets `deferred_handlers` answer
+later from a callback. Replies and requests queued while a task runs leave in one send.
 """
 
 from __future__ import annotations

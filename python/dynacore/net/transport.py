@@ -5,6 +5,8 @@ Channel carries whole messages `(msg_type, request_id, fields)`: `send` takes se
 them with one `send_all` (coalescing), `receive` returns the next one. The simulated transport
 (same protocols) is in simnet.py. Frames are the wire codec's (docs/contracts.md `wire`), checked
 against `limits.frame_size_bytes` on both sides: a malformed frame closes that connection only.
+A TcpChannel drives its socket itself (non-blocking calls, trio's readiness waits only when the
+kernel would block): one system call per send or receive, no scheduling point per call.
 """
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ class Figures:
     ops_per_s: float
     p50_ms: float
     p99_ms: float
+    read_p99_ms: float
+    write_p99_ms: float
     errors: int
 
 
@@ -84,6 +86,7 @@ async def run_round(
     plan = [(rng.random() < read_fraction, rng.randrange(KEY_COUNT)) for _ in range(ops)]
     value = rng.randbytes(VALUE_SIZE_BYTES)
     latencies_s: list[float] = []
+    by_kind_s: dict[bool, list[float]] = {True: [], False: []}
     errors = 0
     next_op = 0
 
@@ -101,7 +104,9 @@ async def run_round(
             except Exception:
                 errors += 1
                 continue
-            latencies_s.append(time.perf_counter() - start)
+            latency_s = time.perf_counter() - start
+            latencies_s.append(latency_s)
+            by_kind_s[is_read].append(latency_s)
 
     started = time.perf_counter()
     async with trio.open_nursery() as nursery:
@@ -109,12 +114,18 @@ async def run_round(
             nursery.start_soon(worker)
     elapsed_s = time.perf_counter() - started
     latencies_s.sort()
+
+    def p99_ms(values: list[float]) -> float:
+        return round(percentile(sorted(values), 0.99) * 1000, 3) if values else 0.0
+
     return Figures(
         ops=len(latencies_s),
         elapsed_s=round(elapsed_s, 4),
         ops_per_s=round(len(latencies_s) / elapsed_s, 1),
         p50_ms=round(percentile(latencies_s, 0.50) * 1000, 3) if latencies_s else 0.0,
         p99_ms=round(percentile(latencies_s, 0.99) * 1000, 3) if latencies_s else 0.0,
+        read_p99_ms=p99_ms(by_kind_s[True]),
+        write_p99_ms=p99_ms(by_kind_s[False]),
         errors=errors,
     )
 

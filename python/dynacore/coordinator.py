@@ -49,6 +49,7 @@ UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down:
 
 Update = Callable[[bytes | None], bytes | None]
 T = TypeVar("T")
+_SET_OR_NONE = (bytes, type(None))  # a REPLICA_GET reply's field
 Fallback = Callable[[str, bytes, bytes, set[str], bool], Awaitable[bool]]
 """Sloppy quorum (cluster/hints.py): (down replica, stored key, set, fallbacks used by this put,
 whether the replica itself was tried) -> True when the write is durable on a node that counts
@@ -682,7 +683,7 @@ class Coordinator:
             return True
 
         def done(reply: list[Value] | None) -> None:
-            if reply is None or len(reply) != 1 or not isinstance(reply[0], bytes | None):
+            if reply is None or len(reply) != 1 or not isinstance(reply[0], _SET_OR_NONE):
                 gather.fail()
             else:
                 gather.reply(node, reply[0])
@@ -700,7 +701,7 @@ class Coordinator:
             log.warning("replica get from %s failed: %r", node, exc)
             gather.fail()
             return
-        if reply is None or len(reply) != 1 or not isinstance(reply[0], bytes | None):
+        if reply is None or len(reply) != 1 or not isinstance(reply[0], _SET_OR_NONE):
             gather.fail()
             return
         gather.reply(node, reply[0])

@@ -123,8 +123,13 @@ def expect(fields: Sequence[object], types: Sequence[Any], what: str) -> list[An
     """
     if len(fields) != len(types):
         raise ProtocolError(f"{what}: expected {len(types)} fields, got {len(fields)}")
-    for index, (value, kind) in enumerate(zip(fields, types, strict=True)):
-        is_bool_as_int = isinstance(value, bool) and kind is int
-        if is_bool_as_int or not isinstance(value, kind):
-            raise ProtocolError(f"{what}: field {index} has the wrong type {type(value).__name__}")
+    for value, kind in zip(fields, types, strict=True):  # on every request: kept lean
+        if not isinstance(value, kind) or (kind is int and value.__class__ is bool):
+            _raise_wrong_type(fields, types, what)
     return list(fields)
+
+
+def _raise_wrong_type(fields: Sequence[object], types: Sequence[Any], what: str) -> None:
+    for index, (value, kind) in enumerate(zip(fields, types, strict=True)):
+        if not isinstance(value, kind) or (kind is int and value.__class__ is bool):
+            raise ProtocolError(f"{what}: field {index} has the wrong type {type(value).__name__}")

@@ -438,7 +438,9 @@ class RpcClient:
         self.stats = ClientStats()
 
     def _check_timeout(self, timeout_s: float | None) -> float:
-        timeout = self._limits.request_timeout_s if timeout_s is None else timeout_s
+        if timeout_s is None or timeout_s == self._limits.request_timeout_s:
+            return self._limits.request_timeout_s  # checked by Limits (the common case)
+        timeout = timeout_s
         if not isinstance(timeout, int | float) or not 0 < timeout <= 3600:
             raise ConfigError(f"timeout_s must be in (0, 3600], got {timeout_s!r}")
         return timeout

@@ -36,6 +36,7 @@ from dynacore.limits import Limits
 from dynacore.membership import Membership
 from dynacore.net.messages import Value
 from dynacore.net.rpc import RpcClient
+from dynacore.readbatch import ReadBatcher
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +269,8 @@ class Coordinator:
         self._tasks = trio.CapacityLimiter(BACKGROUND_MAX_TASKS)
         # hooks of cluster/hints.py (sloppy quorum) and cluster/reaper.py (see counter_floor)
         self.fallback: Fallback | None = None
+        # feat/perf: batches this node's replica reads per peer (readbatch.py; set by the node)
+        self.read_batcher: ReadBatcher | None = None
         self.counter_floor: Callable[[], int] = lambda: 0
 
     @property
@@ -341,23 +344,23 @@ class Coordinator:
                     continue
                 if not sent:
                     remote = self._replica_put_remote
-                    self._in_background(peer, acks, remote, peer, stored_key, new_set, acks)
+                    self._in_background(acks.fail, remote, peer, stored_key, new_set, acks)
 
         put_fn = self._put_fn(context, self._envelope(value, ttl_ms))
         return self._store.update_soon(DATA_DB, stored_key, put_fn, committed)
 
     def _in_background(
-        self, peer: str, acks: _Acks, fn: Callable[..., Awaitable[None]], *args: object
+        self, refused: Callable[[], None], fn: Callable[..., Awaitable[None]], *args: object
     ) -> None:
-        """Start fn(*args) (a replica put for `peer` that counts in `acks`) in a background
-        task, from a callback: no waiting for a task slot; when every slot is taken the peer is
-        counted as failed (read repair and anti-entropy catch up)."""
+        """Start fn(*args) (a replica request) in a background task, from a callback: no waiting
+        for a task slot; when every slot is taken, `refused()` instead (the peer counts as
+        failed; read repair and anti-entropy catch up)."""
         token = object()
         try:
             self._tasks.acquire_on_behalf_of_nowait(token)
         except trio.WouldBlock:
-            log.warning("replica put to %s skipped: %d tasks running", peer, BACKGROUND_MAX_TASKS)
-            acks.fail()
+            log.warning("replica request skipped: %d tasks running", BACKGROUND_MAX_TASKS)
+            refused()
             return
         self._background.start_soon(self._run_released, token, fn, *args)
 
@@ -447,7 +450,7 @@ class Coordinator:
             if reply is not None:
                 acks.add()
             elif self.fallback is not None:
-                self._in_background(peer, acks, self._fallback_put, peer, stored_key, new_set, acks)
+                self._in_background(acks.fail, self._fallback_put, peer, stored_key, new_set, acks)
             else:
                 acks.fail()
 
@@ -688,7 +691,29 @@ class Coordinator:
             else:
                 gather.reply(node, reply[0])
 
+        if self.read_batcher is not None and self._can_call_soon(node):
+            self.read_batcher.add(node, stored_key, done)  # leaves with this tick's other reads
+            return True
         return self._call_soon(node, messages.REPLICA_GET, [stored_key], done)
+
+    def read_single(
+        self, node: str, stored_key: bytes, done: Callable[[list[Value] | None], None]
+    ) -> None:
+        """One REPLICA_GET for a read a batch did not carry: by callback, else from a background
+        task (`done(None)` when every task slot is taken)."""
+        if self._call_soon(node, messages.REPLICA_GET, [stored_key], done):
+            return
+        self._in_background(lambda: done(None), self._read_single_task, node, stored_key, done)
+
+    async def _read_single_task(
+        self, node: str, stored_key: bytes, done: Callable[[list[Value] | None], None]
+    ) -> None:
+        try:
+            reply = await self._call(node, messages.REPLICA_GET, [stored_key], self.timeout_s)
+        except DynacoreError as exc:
+            log.warning("replica get from %s failed: %r", node, exc)
+            reply = None
+        done(reply)
 
     async def _read_one(self, node: str, stored_key: bytes, gather: _Gather) -> None:
         """Background: one replica's stored set into `gather`; any failure counts as no reply."""

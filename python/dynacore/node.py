@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from dynacore import cachewrite, messages, objects
+from dynacore import cachewrite, messages, objects, readbatch
 from dynacore._backend import versions
 from dynacore.cluster.antientropy import ObservedEngine, SelfHealing
 from dynacore.config import NodeConfig, QuorumSpec, check_quorum_spec
@@ -27,6 +27,7 @@ from dynacore.membership import Membership
 from dynacore.messages import NodeStatus, PeerStatus, expect
 from dynacore.net.rpc import Respond, RpcServer, open_rpc_client
 from dynacore.net.transport import TcpTransport, Transport
+from dynacore.readbatch import ReadBatcher
 from dynacore.storage import Engine, open_lmdb_engine, open_memory_engine, open_node_meta
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,10 @@ class Node:
         """REPLICA_GET answered in the connection's reader (a synchronous local read)."""
         (stored_key,) = expect(fields, (bytes,), "REPLICA_GET")
         return [self.coordinator.replica_get(stored_key)]
+
+    def replica_get_many_inline(self, fields: list[Any], peer: str) -> list[Any]:
+        """REPLICA_GET_MANY answered in the connection's reader (readbatch.py)."""
+        return readbatch.answer_many(fields, self.coordinator.replica_get, self.config.limits)
 
     def replica_put_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
         """REPLICA_PUT without a task when the commit queue has room (else False)."""
@@ -352,7 +357,19 @@ async def _run_node(
             coordinator.fallback, coordinator.counter_floor = heal.handoff.fallback, heal.floor
             node.healing, node.extra_handlers = heal, heal.handlers()
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
-            inline = {messages.REPLICA_GET: node.replica_get_inline}
+            inline = {
+                messages.REPLICA_GET: node.replica_get_inline,
+                messages.REPLICA_GET_MANY: node.replica_get_many_inline,
+            }
+            reads = ReadBatcher(
+                rpc,
+                coordinator.health,
+                lambda peer: coordinator.membership.address_of(peer),
+                lambda: coordinator.timeout_s,
+                coordinator.read_single,
+            )
+            coordinator.read_batcher = reads
+            nursery.start_soon(reads.run)
             deferred = {
                 messages.CLIENT_GET: node.client_get_deferred,
                 messages.REPLICA_PUT: node.replica_put_deferred,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -136,6 +137,7 @@ class _Acks:
     count: int = 0
     settled: trio.Event = field(default_factory=trio.Event)
     on_settled: Callable[[], None] | None = None
+    deadline_s: float = math.inf  # trio time by which the put answers
     fallbacks: set[str] = field(default_factory=set)  # nodes holding a hint of this put
 
     def add(self) -> None:
@@ -330,7 +332,8 @@ class Coordinator:
                 on_done(None, error)
                 return
             assert new_set is not None
-            acks = _Acks(required=required, pending=len(peers) + 1)
+            deadline_s = trio.current_time() + self.timeout_s
+            acks = _Acks(required, len(peers) + 1, deadline_s=deadline_s)
             acks.on_settled = lambda: _report(
                 on_done, lambda: (_next_context(new_set, context), acks.outcome())
             )
@@ -343,7 +346,7 @@ class Coordinator:
                     acks.fail()
                     continue
                 if not sent:
-                    remote = self._replica_put_remote
+                    remote = self._replica_put_bounded
                     self._in_background(acks.fail, remote, peer, stored_key, new_set, acks)
 
         put_fn = self._put_fn(context, self._envelope(value, ttl_ms))
@@ -423,18 +426,13 @@ class Coordinator:
     async def _replicate(
         self, stored_key: bytes, new_set: bytes, peers: list[str], required: int
     ) -> None:
-        acks = _Acks(required=required, pending=len(peers) + 1)
+        acks = _Acks(required, len(peers) + 1, deadline_s=trio.current_time() + self.timeout_s)
         acks.add()  # the local durable commit
-        # Requests sent by callback end by their own deadline (timeout_s): a cancel scope is
-        # needed only for the ones that wait for a task slot or a connection.
         slow = [p for p in peers if not self._replica_put_soon(p, stored_key, new_set, acks)]
-        if not slow:
+        with trio.move_on_at(acks.deadline_s):
+            for peer in slow:
+                await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
             await acks.settled.wait()
-        else:
-            with trio.move_on_after(self.timeout_s):
-                for peer in slow:
-                    await self._spawn(self._replica_put_remote, peer, stored_key, new_set, acks)
-                await acks.settled.wait()
         error = acks.outcome()
         if error is not None:
             raise error
@@ -459,16 +457,30 @@ class Coordinator:
     async def _fallback_put(
         self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks
     ) -> None:
-        """Background: the sloppy-quorum fallback of a replica put that failed."""
+        """Background: the sloppy-quorum fallback of a replica put that failed, by the put's
+        deadline (as inside `_replicate`'s scope), else the peer counts as failed."""
         assert self.fallback is not None
-        try:
-            stored = await self.fallback(peer, stored_key, new_set, acks.fallbacks, True)
-        except DynacoreError as exc:
-            log.warning("fallback for %s failed: %r", peer, exc)
-            stored = False
+        stored = False
+        with trio.move_on_at(acks.deadline_s):
+            try:
+                stored = await self.fallback(peer, stored_key, new_set, acks.fallbacks, True)
+            except DynacoreError as exc:
+                log.warning("fallback for %s failed: %r", peer, exc)
         if stored:
             acks.add()
         else:
+            acks.fail()
+
+    async def _replica_put_bounded(
+        self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks
+    ) -> None:
+        """Background: `_replica_put_remote` by the put's deadline, else the peer counts as
+        failed (so that a put answered from callbacks answers by its timeout)."""
+        counted = False
+        with trio.move_on_at(acks.deadline_s):
+            await self._replica_put_remote(peer, stored_key, new_set, acks)
+            counted = True  # it counted the peer in `acks` (no scheduling point since)
+        if not counted:
             acks.fail()
 
     def _can_call_soon(self, peer: str) -> bool:

@@ -298,29 +298,49 @@ class AsyncClient:
     async def _route(
         self, key: bytes, msg_type: int, fields: list[Any], *, retry_on_timeout: bool
     ) -> list[Any]:
-        """Send to the key's first healthy preference-list node, then the next ones."""
+        """Send to the key's first healthy preference-list node, then the next ones (the
+        extended list only once every preference-list node failed)."""
         view = self.membership
         stored_key = objects.object_key(self._namespace, key)
         n = view.n_for(self._namespace)
         order = self._health.order(view.preference_list(stored_key, n))
-        order += self._health.order(view.extended_list(stored_key, n))
         for node in order:
-            try:
-                reply = await self._call(view.address_of(node), msg_type, fields)
-            except RequestTimeout:
-                self._health.mark_failed(node)
-                if not retry_on_timeout:
-                    raise
-            except UNREACHABLE:
-                self._health.mark_failed(node)
-            else:
-                self._health.mark_ok(node)
+            reply = await self._try_node(view, node, msg_type, fields, retry_on_timeout)
+            if reply is not None:
+                return reply
+        extended = self._health.order(view.extended_list(stored_key, n))
+        order += extended
+        for node in extended:
+            reply = await self._try_node(view, node, msg_type, fields, retry_on_timeout)
+            if reply is not None:
                 return reply
         try:
             await self.refresh_ring()
         except Unavailable:
             pass
         raise Unavailable(f"no node could serve the request (tried {order})")
+
+    async def _try_node(
+        self,
+        view: Membership,
+        node: str,
+        msg_type: int,
+        fields: list[Any],
+        retry_on_timeout: bool,
+    ) -> list[Any] | None:
+        """One node's reply; None when it could not answer (marked down) and another may."""
+        try:
+            reply = await self._call(view.address_of(node), msg_type, fields)
+        except RequestTimeout:
+            self._health.mark_failed(node)
+            if not retry_on_timeout:
+                raise
+            return None
+        except UNREACHABLE:
+            self._health.mark_failed(node)
+            return None
+        self._health.mark_ok(node)
+        return reply
 
     async def _call(self, address: str, msg_type: int, fields: list[Any]) -> list[Any]:
         if self._rpc is None:

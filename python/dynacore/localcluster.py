@@ -108,6 +108,7 @@ class LocalCluster:
     n: int = 3
     secret: str = ""
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for every node
     nodes: list[LocalNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -134,7 +135,7 @@ class LocalCluster:
         return [node.address for node in self.nodes]
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         if self.secret:
             env["DYNACORE_CLUSTER_SECRET"] = self.secret
         return env

@@ -14,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
-from dynacore.client import AsyncClient
-from dynacore.membership import Membership
 
 from dynacore import messages, objects
 from dynacore._backend import versions
+from dynacore.client import AsyncClient
 from dynacore.errors import DynacoreError
 from dynacore.limits import Limits
 from dynacore.localcluster import LocalNode, free_ports
+from dynacore.membership import Membership
 from dynacore.net.rpc import RpcClient, open_rpc_client
 from dynacore.net.transport import TcpTransport
 from dynacore.sim.checker import FinalState, ReplicaState

@@ -99,7 +99,6 @@ async def test_the_crashed_first_attempt_was_stored(
     assert isinstance(error, DynacoreError)
 
 
-@pytest.mark.xfail(strict=True, reason=CLIENT_RETRY_BUG)
 async def test_a_refused_retry_after_a_lost_connection_is_not_a_definite_failure(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -14,7 +14,6 @@ import re
 
 import pytest
 
-from dynacore import messages
 from dynacore.net.messages import Value
 from dynacore.node import Node
 from dynacore.sim import __main__ as sim_cli
@@ -119,14 +118,17 @@ def test_cli_rejects_bad_options() -> None:
 
 def test_an_assert_inside_a_node_handler_fails_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """The RPC server turns a handler's exception into an error reply and survives; the run
-    must still fail, or a broken node invariant would pass unnoticed."""
-    original = Node.handle
+    must still fail, or a broken node invariant would pass unnoticed. (Replica reads are
+    answered inline, without a task, so the assert goes there.)"""
 
-    async def broken(self: Node, msg_type: int, fields: list[Value], peer: str) -> list[Value]:
-        assert msg_type != messages.REPLICA_GET, "invariant broken"
-        return await original(self, msg_type, fields, peer)
+    def broken_one(self: Node, fields: list[Value], peer: str) -> list[Value]:
+        raise AssertionError("invariant broken")
 
-    monkeypatch.setattr(Node, "handle", broken)
+    def broken_many(self: Node, fields: list[Value], peer: str) -> list[Value]:
+        raise AssertionError("invariant broken")
+
+    monkeypatch.setattr(Node, "replica_get_inline", broken_one)
+    monkeypatch.setattr(Node, "replica_get_many_inline", broken_many)
     result = run_seed(3, SimConfig(safety_s=4.0, faults="none"))
     assert result.error is None  # the node survived ...
     assert any("invariant broken" in line for line in result.node_errors)  # ... but it was seen

@@ -25,6 +25,8 @@ MAX_MEMBERS = 1024
 MAX_NAMESPACES = 1024
 MAX_NAMESPACE_BYTES = 64
 DEFAULT_LISTEN = "127.0.0.1:7070"
+DEFAULT_GOSSIP_INTERVAL_S = 1.0
+MAX_GOSSIP_INTERVAL_S = 60.0
 
 
 def resolve_quorum(spec: QuorumSpec | None, n: int, *, default: QuorumSpec = "quorum") -> int:
@@ -128,6 +130,7 @@ class NodeConfig:
     namespaces: Mapping[str, int] = field(default_factory=dict)
     cluster_secret: str = ""
     sync: bool = True
+    gossip_interval_s: float = DEFAULT_GOSSIP_INTERVAL_S  # membership gossip and heartbeats
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -143,6 +146,11 @@ class NodeConfig:
         resolve_quorum(check_quorum_spec(self.r), self.n)
         resolve_quorum(check_quorum_spec(self.w), self.n)
         self._check_namespaces()
+        interval_s = self.gossip_interval_s
+        if isinstance(interval_s, bool) or not isinstance(interval_s, int | float):
+            raise ConfigError(f"gossip_interval_s must be a number, got {interval_s!r}")
+        if not 0 < interval_s <= MAX_GOSSIP_INTERVAL_S:
+            raise ConfigError(f"gossip_interval_s must be in (0, {MAX_GOSSIP_INTERVAL_S}]")
         ids = [node_id for node_id, _ in self.members]
         if self.members and self.node_id not in ids:
             raise ConfigError(f"node id {self.node_id!r} is not among the members {ids}")
@@ -328,5 +336,6 @@ _COERCE: dict[str, Any] = {
     "namespaces": _as_namespaces,
     "cluster_secret": lambda v: _as_str("cluster_secret", v),
     "sync": lambda v: _as_bool("sync", v),
+    "gossip_interval_s": lambda v: _as_float("gossip_interval_s", v),
 }
 assert set(_COERCE) == _TOP_FIELDS, "every NodeConfig field has a coercion"

@@ -366,6 +366,7 @@ class Handoff:
         trivial = [t.partition for t in state.transfers() if not t.targets and not t.confirmed]
         if trivial:
             await self._gossiper.update(lambda s: _confirm_same(s, state, trivial))
+            await self._gossiper.announce()
 
     async def _stream_mine(self, state: ClusterState) -> None:
         mine = [
@@ -399,6 +400,7 @@ class Handoff:
         partitions = [t.partition for t in mine]
         await self._gossiper.update(lambda s: _confirm_same(s, state, partitions))
         log.info("%s: handed off partitions %s", self.node_id, partitions)
+        await self._gossiper.announce()  # the confirmation (maybe the switch) reaches all at once
 
     def _start_rows(self, epoch: int, transfers: list[Transfer]) -> list[_Row]:
         if self._rows_epoch != epoch:

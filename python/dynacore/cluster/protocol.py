@@ -8,6 +8,7 @@ forwarded=True, so that a forward is never forwarded again).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -130,7 +131,7 @@ class TransfersReport:
         return [self.state, [row.to_fields() for row in self.rows], self.sweep.to_fields()]
 
     @classmethod
-    def from_fields(cls, fields: list[object]) -> TransfersReport:
+    def from_fields(cls, fields: Sequence[object]) -> TransfersReport:
         state, rows, sweep = expect(fields, (bytes, list, list), "TRANSFERS reply")
         return cls(
             state, tuple(TransferRow.from_fields(r) for r in rows), SweepInfo.from_fields(sweep)

@@ -120,9 +120,9 @@ def check_placement(nodes: list[LocalNode], acked: list[str]) -> ClusterState:
         assert len(owners) == N
         for owner in owners:
             expected[owner].add(stored_key)
-            data = stores[owner][0].get(stored_key)
-            assert data is not None, f"{key} missing on {owner}"
-            values = [objects.decode_envelope(v).data for v in versions.values(data)]
+            stored = stores[owner][0].get(stored_key)
+            assert stored is not None, f"{key} missing on {owner}"
+            values = [objects.decode_envelope(v).data for v in versions.values(stored)]
             assert f"value-of-{key}".encode() in values, (key, owner)
     for node_id, (data, _state) in stores.items():
         assert set(data) == expected[node_id], node_id

@@ -233,7 +233,10 @@ class Gossiper:
         """Gossip forever (until the node's nursery is cancelled)."""
         while True:
             with trio.move_on_after(self.config.timeout_s):
-                await self.round()
+                try:
+                    await self.round()
+                except* DynacoreError as group:
+                    log.warning("%s: gossip round failed: %r", self.node_id, group.exceptions)
             self.rounds += 1
             jitter = 1.0 + self._rng.uniform(-INTERVAL_JITTER, INTERVAL_JITTER)
             await trio.sleep(self.config.interval_s * jitter)

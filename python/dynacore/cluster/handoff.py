@@ -193,6 +193,34 @@ async def stream_partitions(
         next(iter(targets_by_partition)) if len(targets_by_partition) == 1 else ALL_PARTITIONS
     )
     acked: Acked = on_acked if on_acked is not None else (lambda _t, _c: None)
+    try:
+        await _stream(store, ring, targets_by_partition, send, config, acked, targets, partition)
+    except BaseExceptionGroup as group:
+        raise _single_error(group) from None
+
+
+def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first DynacoreError of a nursery's group when every leaf is one (the rest are the
+    same failure seen by sibling tasks), else the group itself."""
+    matched, rest = group.split(DynacoreError)
+    if matched is None or rest is not None:
+        return group
+    leaf: BaseException = matched
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+async def _stream(
+    store: Engine,
+    ring: Partitioner,
+    targets_by_partition: Mapping[int, Sequence[str]],
+    send: SendBatch,
+    config: HandoffConfig,
+    acked: Acked,
+    targets: list[str],
+    partition: int,
+) -> None:
     async with trio.open_nursery() as nursery:
         channels: dict[str, trio.MemorySendChannel[_Batch]] = {}
         for target in targets:
@@ -342,7 +370,10 @@ class Handoff:
         while True:
             state = self._gossiper.state
             if state is not None:
-                await self.step(state)
+                try:
+                    await self.step(state)
+                except DynacoreError as exc:  # e.g. a state that changed under us: look again
+                    log.warning("%s: handoff step failed: %r", self.node_id, exc)
             with trio.move_on_after(self.config.tick_s):
                 await self._gossiper.wait_changed()
 

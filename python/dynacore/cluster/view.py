@@ -84,6 +84,7 @@ class ClusterView(Membership):
         taken = set(state.owners_for(partition, n))
         return tuple(x for x in state.ring.extended_list(partition, n) if x not in taken)
 
-    def replicates(self, node_id: str, stored_key: bytes, n: int) -> bool:
-        """True when `node_id` should hold the key now (a write would go to it)."""
-        return node_id in self.preference_list(stored_key, n)
+    def to_fields(self) -> list[object]:
+        """The RING_GET reply; Unavailable while unjoined (a client then asks another seed)."""
+        self._require_state()
+        return super().to_fields()

@@ -77,6 +77,12 @@ class LocalNode:
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         """SIGTERM, wait; SIGKILL if it does not stop in time. The exit code."""
         self.signal(signal.SIGTERM)
+        return self.wait_or_kill(timeout_s)
+
+    def wait_or_kill(self, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Wait for a node that was told to stop; SIGKILL it if it does not stop in time.
+
+        A second SIGTERM during a clean shutdown would abort it, so this never signals twice."""
         code = self.wait(timeout_s)
         if code is None and self.process is not None:
             self.process.kill()
@@ -187,7 +193,7 @@ class LocalCluster:
     def stop(self) -> list[int | None]:
         for node in self.nodes:
             node.signal(signal.SIGTERM)
-        return [node.stop() for node in self.nodes]
+        return [node.wait_or_kill() for node in self.nodes]
 
     def __enter__(self) -> LocalCluster:
         self.start()

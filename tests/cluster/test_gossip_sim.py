@@ -341,3 +341,28 @@ async def test_restart_reloads_the_persisted_state(autojump_clock: trio.testing.
         assert cluster.state("n4") == before
         view = cluster.nodes["n4"].membership
         assert isinstance(view, ClusterView) and "n4" in view.ring.nodes
+
+
+async def test_status_follows_the_detector_and_ownership_does_not(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ids = ["n1", "n2", "n3"]
+    async with sim_cluster(seed=3) as cluster:
+        for node_id in ids:
+            await cluster.start(node_id, members=members_of(ids))
+        await trio.sleep(20 * INTERVAL_S)  # the detectors learn the heartbeat interval
+
+        def up_as_n1_sees() -> dict[str, bool]:
+            return {p.node_id: p.up for p in cluster.nodes["n1"].status().peers}
+
+        assert up_as_n1_sees() == {"n1": True, "n2": True, "n3": True}
+        before = cluster.state("n1")
+        cluster.sim.crash(addr("n3"))
+        await wait_for(lambda: not up_as_n1_sees()["n3"], timeout_s=30)
+        assert up_as_n1_sees() == {"n1": True, "n2": True, "n3": False}
+        health = cluster.nodes["n1"].coordinator.health
+        assert health.order(["n3", "n2"]) == ["n2", "n3"]  # routing tries n2 first
+        await trio.sleep(60)  # however long n3 stays silent, ownership stays
+        assert cluster.state("n1") == before
+        cluster.sim.restart(addr("n3"))
+        await wait_for(lambda: up_as_n1_sees()["n3"], timeout_s=30)

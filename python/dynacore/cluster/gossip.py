@@ -230,16 +230,22 @@ class Gossiper:
     # -- rounds --------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Gossip forever (until the node's nursery is cancelled)."""
-        while True:
-            with trio.move_on_after(self.config.timeout_s):
-                try:
-                    await self.round()
-                except* DynacoreError as group:
-                    log.warning("%s: gossip round failed: %r", self.node_id, group.exceptions)
-            self.rounds += 1
-            jitter = 1.0 + self._rng.uniform(-INTERVAL_JITTER, INTERVAL_JITTER)
-            await trio.sleep(self.config.interval_s * jitter)
+        """Gossip forever (until the node's nursery is cancelled). Rounds start at a steady
+        rate, each bounded by timeout_s, so that a silent peer does not space out the
+        heartbeats of the others."""
+        async with trio.open_nursery() as nursery:
+            while True:
+                nursery.start_soon(self._bounded_round)
+                jitter = 1.0 + self._rng.uniform(-INTERVAL_JITTER, INTERVAL_JITTER)
+                await trio.sleep(self.config.interval_s * jitter)
+
+    async def _bounded_round(self) -> None:
+        with trio.move_on_after(self.config.timeout_s):
+            try:
+                await self.round()
+            except* DynacoreError as group:
+                log.warning("%s: gossip round failed: %r", self.node_id, group.exceptions)
+        self.rounds += 1
 
     async def round(self) -> None:
         """One round: heartbeats to the serving members, one push-pull with a random peer."""

@@ -69,12 +69,16 @@ class ClusterView(Membership):
         """Where writes of the key go: its preference list, plus the nodes a pending handoff
         adds (so that no write made during the move is missing on the new owners)."""
         state = self._require_state()
+        if state.pending is None:  # the common case: one native lookup
+            return tuple(state.ring.lookup(stored_key, n))
         return state.owners_for(state.ring.partition_of(stored_key), n)
 
     def read_list(self, stored_key: bytes, n: int) -> tuple[str, ...]:
         """Where reads of the key go: the new preference list once its partition's handoff is
         confirmed, else the current one."""
         state = self._require_state()
+        if state.pending is None:
+            return tuple(state.ring.lookup(stored_key, n))
         return state.read_owners(state.ring.partition_of(stored_key), n)
 
     def extended_list(self, stored_key: bytes, n: int) -> tuple[str, ...]:

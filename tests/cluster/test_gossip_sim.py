@@ -4,6 +4,7 @@ leave every key on exactly its owners, refusals, and restart from the persisted 
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -19,7 +20,7 @@ from dynacore.cluster import ClusterState, Status, protocol
 from dynacore.cluster.gossip import shares_ring_node
 from dynacore.cluster.view import ClusterView
 from dynacore.config import NodeConfig
-from dynacore.errors import ClusterError, DynacoreError, Unavailable
+from dynacore.errors import ClusterError, DynacoreError, Unavailable, UnknownNode
 from dynacore.limits import Limits
 from dynacore.net.simnet import SimNetwork
 from dynacore.node import Node, open_node
@@ -366,3 +367,73 @@ async def test_status_follows_the_detector_and_ownership_does_not(
         assert cluster.state("n1") == before
         cluster.sim.restart(addr("n3"))
         await wait_for(lambda: up_as_n1_sees()["n3"], timeout_s=30)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+async def test_random_partitions_and_changes_converge_once_healed(
+    seed: int, autojump_clock: trio.testing.MockClock
+) -> None:
+    """Random splits of 5 nodes, each side staging and committing changes on its own; once
+    healed, gossip alone brings every node to one state and any handoff to its end."""
+    ids = [f"n{i}" for i in range(1, 6)]
+    rng = random.Random(seed)
+    async with sim_cluster(seed=seed) as cluster:
+        for node_id in ids[:3]:
+            await cluster.start(node_id, members=members_of(ids[:3]))
+        await cluster.start("n4", seeds=(addr("n2"),))  # unjoined
+        await cluster.start("n5")  # a cluster of its own, given up to join
+        for node_id in ids[3:]:
+            await cluster.admin(node_id, protocol.CLUSTER_JOIN, [addr("n1")])
+        acked: list[int] = []
+        async with cluster.client() as client:
+            await write_range(client, 0, 200, acked)
+        assert len(acked) == 200
+        applied: list[str] = []
+        for _phase in range(3):
+            shuffled = rng.sample(ids, len(ids))
+            cut = rng.randint(1, 4)
+            cluster.sim.partition(
+                [addr(n) for n in shuffled[:cut]], [addr(n) for n in shuffled[cut:]]
+            )
+            for _ in range(4):
+                service = cluster.nodes[rng.choice(ids)].cluster
+                assert service is not None
+                change = random_change(rng, ids)
+                with contextlib.suppress(ClusterError, UnknownNode):  # refused changes
+                    await service.gossiper.update(change)
+                    applied.append(change.__name__)
+                await trio.sleep(rng.uniform(0, 5 * INTERVAL_S))
+            cluster.sim.heal()
+            await trio.sleep(rng.uniform(0, 10 * INTERVAL_S))
+        assert "commit" in applied, applied
+
+        def all_done() -> bool:
+            states = [cluster.state(n) for n in ids]
+            return len(cluster.digests()) == 1 and all(
+                s is not None and s.pending is None for s in states
+            )
+
+        await wait_for(all_done)
+        final = cluster.state("n1")
+        assert final is not None
+        ring_nodes = set(final.ring.nodes)
+        await wait_for(lambda: settled(cluster, ring_nodes))
+        check_placement(cluster, acked, {"n1"})
+        final = cluster.state("n1")
+        assert final is not None and final.ring.nodes
+
+
+def random_change(rng: random.Random, ids: list[str]) -> Callable[[ClusterState], ClusterState]:
+    """A staged leave or join of a random node, or a commit (ClusterError when refused)."""
+    node_id = rng.choice(ids)
+
+    def leave(state: ClusterState) -> ClusterState:
+        return state.stage_leave(node_id)
+
+    def join(state: ClusterState) -> ClusterState:
+        return state.stage_join(node_id, addr(node_id))
+
+    def commit(state: ClusterState) -> ClusterState:
+        return state.commit()
+
+    return rng.choice([leave, join, commit, commit])

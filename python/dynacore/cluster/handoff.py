@@ -65,7 +65,7 @@ class HandoffConfig:
 
     batch_max_objects: int = DEFAULT_BATCH_MAX_OBJECTS
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
-    scan_page_keys: int = 1000
+    scan_page_keys: int = 256  # bounds the memory of one scan page (values up to 1 MiB each)
     in_flight_batches: int = 4  # per target
     send_attempts: int = 5
     retry_backoff_s: float = 0.2  # doubled after each failed attempt

@@ -219,7 +219,8 @@ class ClusterService:
         (seed,) = expect(fields, (str,), "CLUSTER_JOIN")
         check_address(seed)
         current = self.gossiper.state
-        if current is not None and self.node_id in _placed(current):
+        lone = current is not None and _is_lone(current, self.node_id)
+        if current is not None and self.node_id in _placed(current) and not lone:
             raise ClusterError(f"{self.node_id} is already in the ring")
         try:
             pulled = await self.gossiper.pull(seed)
@@ -311,11 +312,15 @@ def _placed(state: ClusterState) -> set[str]:
     return set(state.ring.nodes) | set(state.pending.nodes if state.pending else ())
 
 
+def _is_lone(state: ClusterState, node_id: str) -> bool:
+    """True for a cluster of this node alone with nothing in flight (a fresh node started
+    without members or seeds): it may give it up to join another."""
+    return set(state.members) == {node_id} and state.pending is None
+
+
 def _check_lone(state: ClusterState, node_id: str) -> None:
-    """A node may give up its own cluster to join another only when it is that cluster's
-    only member and nothing is in flight."""
-    others = [n for n in state.members if n != node_id]
-    if others or state.pending is not None:
+    if not _is_lone(state, node_id):
+        others = sorted(n for n in state.members if n != node_id)
         raise ClusterError(
             f"{node_id} belongs to another cluster with members {others}; it cannot join"
         )

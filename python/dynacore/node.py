@@ -71,8 +71,8 @@ class Node:
         self.clock = clock
         self.address = ""  # the bound "host:port", set once the server listens
         self._cancel_scope = cancel_scope
-        self.cluster = cluster  # gossip, staged changes, handoff (cluster/service.py)
         self.extra_handlers: dict[int, Callable[[list[Any]], Awaitable[list[Any]]]] = {}
+        self.cluster = cluster  # gossip, staged changes, handoff (cluster/service.py)
 
     @property
     def membership(self) -> Membership:
@@ -94,7 +94,7 @@ class Node:
         """The RPC handler: one request in, its reply fields out; errors become ERROR replies."""
         handler = self._handlers.get(msg_type)
         if handler is None:
-            extra = self.extra_handlers.get(msg_type)  # the cluster services' messages
+            extra = self.extra_handlers.get(msg_type)  # the self-healing services' messages
             if extra is None:
                 raise ProtocolError(f"unknown message type {msg_type}")
             return await extra(fields)

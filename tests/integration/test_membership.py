@@ -196,6 +196,10 @@ def test_five_nodes_with_one_seed_each_converge_to_one_ring(tmp_path: Path) -> N
             ok(cli("join", previous.address, "--node", node.address, "--seeds", node.address))
         ok(cli("commit", "--wait", "--timeout", "120", "--seeds", addresses[-1]))
         settled = wait_settled(addresses, {f"n{i}" for i in range(1, 6)})
+        again = cli("commit", "--seeds", addresses[1])
+        assert again.returncode == 1 and "nothing is staged" in again.stdout
+        watched = ok(cli("transfers", "--watch", "--timeout", "60", "--seeds", addresses[0]))
+        assert "no handoff pending (ring epoch 2)" in watched
         assert len({digest_at(address) for address in addresses}) == 1
         assert settled.state.epoch == 2
         status = ok(cli("status", "--seeds", addresses[2]))

@@ -128,7 +128,7 @@ class Gossiper:
         await self._changed.wait()
 
     @staticmethod
-    async def load(store: Engine) -> ClusterState | None:
+    def load(store: Engine) -> ClusterState | None:
         """The state persisted by a previous run, or None."""
         raw = get_cluster_state(store)
         if raw is None:

@@ -110,7 +110,7 @@ class ClusterService:
         membership: Membership | None = None,
     ) -> ClusterService:
         """The service with the persisted state, else the configured initial one."""
-        state = await Gossiper.load(store)
+        state = Gossiper.load(store)
         if state is None:
             state = initial_state(config, membership)
         return cls(config, store=store, rpc=rpc, rng=rng, state=state)

@@ -202,8 +202,9 @@ class Coordinator:
         if context:
             versions.vv_to(context)  # VersionError when malformed, before anything is written
         stored_key = objects.object_key(namespace, key)
-        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
-        required = resolve_quorum(w, len(pref), default=self._default_w)
+        n = self.membership.n_for(namespace)
+        pref = self.membership.preference_list(stored_key, n)  # + pending owners in a handoff
+        required = resolve_quorum(w, min(len(pref), n), default=self._default_w)
         if self.node_id not in pref:
             if forwarded:
                 raise Unavailable(f"{self.node_id} got a forwarded put it does not replicate")
@@ -383,7 +384,7 @@ class Coordinator:
         """The merged version set of at least r replicas (None: absent everywhere that answered)."""
         objects.check_sizes(key, None, self._limits)
         stored_key = objects.object_key(namespace, key)
-        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        pref = self.membership.read_list(stored_key, self.membership.n_for(namespace))
         required = resolve_quorum(r, len(pref), default=self._default_r)
         gather = _Gather(required=required, pending=len(pref))
         with trio.move_on_after(self.timeout_s):

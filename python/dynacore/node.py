@@ -18,6 +18,7 @@ import trio
 
 from dynacore import cachewrite, messages, objects
 from dynacore._backend import versions
+from dynacore.cluster.service import ClusterService
 from dynacore.config import NodeConfig, QuorumSpec, check_quorum_spec
 from dynacore.coordinator import Clock, Coordinator, PeerHealth, exception_leaves
 from dynacore.errors import ProtocolError
@@ -61,6 +62,7 @@ class Node:
         coordinator: Coordinator,
         clock: Clock,
         cancel_scope: trio.CancelScope,
+        cluster: ClusterService | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
@@ -69,6 +71,8 @@ class Node:
         self.clock = clock
         self.address = ""  # the bound "host:port", set once the server listens
         self._cancel_scope = cancel_scope
+        self.extra_handlers: dict[int, Callable[[list[Any]], Awaitable[list[Any]]]] = {}
+        self.cluster = cluster  # gossip, staged changes, handoff (cluster/service.py)
 
     @property
     def membership(self) -> Membership:
@@ -76,6 +80,8 @@ class Node:
 
     def set_membership(self, membership: Membership) -> None:
         """Replace the cluster view (tests that bind port 0 fill in addresses this way)."""
+        if self.cluster is not None:  # the view follows the cluster state: take its addresses
+            membership = self.cluster.adopt_addresses(membership)
         self.coordinator.membership = membership
 
     def stop(self) -> None:
@@ -88,7 +94,10 @@ class Node:
         """The RPC handler: one request in, its reply fields out; errors become ERROR replies."""
         handler = self._handlers.get(msg_type)
         if handler is None:
-            raise ProtocolError(f"unknown message type {msg_type}")
+            extra = self.extra_handlers.get(msg_type)  # the self-healing services' messages
+            if extra is None:
+                raise ProtocolError(f"unknown message type {msg_type}")
+            return await extra(fields)
         return await handler(self, fields)
 
     async def _client_get(self, fields: list[Any]) -> list[Any]:
@@ -213,10 +222,9 @@ async def open_node(
     transport = transport if transport is not None else TcpTransport(config.limits)
     clock = clock if clock is not None else SystemClock()
     rng = rng if rng is not None else random.Random()
-    view = membership if membership is not None else Membership.from_config(config)
     body_error: list[BaseException] = []  # what the caller's block raised, if anything
     try:
-        async with _run_node(config, transport, clock, rng, engine, view) as node:
+        async with _run_node(config, transport, clock, rng, engine, membership) as node:
             try:
                 yield node
             except BaseException as exc:
@@ -237,7 +245,7 @@ async def _run_node(
     clock: Clock,
     rng: random.Random,
     engine: Engine | None,
-    view: Membership,
+    membership: Membership | None,
 ) -> AsyncIterator[Node]:
     async with AsyncExitStack() as stack:
         store: Engine = (
@@ -253,11 +261,14 @@ async def _run_node(
                 rng=rng,
             )
         )
+        cluster = await ClusterService.open(
+            config, store=store, rpc=rpc, rng=rng, membership=membership
+        )
         async with trio.open_nursery() as nursery:
             coordinator = Coordinator(
                 node_id=config.node_id,
                 actor_id=actor_id,
-                membership=view,
+                membership=cluster.view,
                 rpc=rpc,
                 store=store,
                 clock=clock,
@@ -265,6 +276,7 @@ async def _run_node(
                 background=nursery,
                 default_r=config.r,
                 default_w=config.w,
+                health=cluster.health,
             )
             node = Node(
                 config,
@@ -272,11 +284,13 @@ async def _run_node(
                 coordinator=coordinator,
                 clock=clock,
                 cancel_scope=nursery.cancel_scope,
+                cluster=cluster,
             )
+            cluster.on_view(lambda view: setattr(coordinator, "membership", view))
+            node.extra_handlers.update(cluster.handlers())
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             node.address = await nursery.start(server.serve, transport, config.listen, node.handle)
-            if view.addresses.get(config.node_id, "").endswith(":0"):  # advertise the bound port
-                node.set_membership(view.with_addresses({config.node_id: node.address}))
+            await cluster.start(nursery, node.address)  # advertises the bound port
             log.info("node %s (actor %s) listening on %s", config.node_id, actor_id, node.address)
             try:
                 yield node

@@ -219,7 +219,8 @@ def status(seeds: str, secret: str) -> None:
         with _client(seeds, secret) as client:
             seen_by = client.status()
             rows = []
-            for peer in (seen_by, *seen_by.peers):
+            others = [p for p in seen_by.peers if p.node_id != seen_by.node_id]
+            for peer in (seen_by, *others):
                 try:
                     rows.append((peer, client.status(peer.address)))
                 except DynacoreError:

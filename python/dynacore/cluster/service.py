@@ -217,6 +217,12 @@ class ClusterService:
 
     async def _join(self, fields: list[Any]) -> list[Any]:
         (seed,) = expect(fields, (str,), "CLUSTER_JOIN")
+        return [await self.join(seed)]
+
+    async def join(self, seed: str) -> str:
+        """Join the cluster of `seed`: learn its state, then stage this node's join at the
+        claimant (who must still commit it); the claimant's id. ClusterError when this node is
+        in a ring already or belongs to another cluster; Unavailable when the seed is silent."""
         check_address(seed)
         current = self.gossiper.state
         lone = current is not None and _is_lone(current, self.node_id)
@@ -237,7 +243,7 @@ class ClusterService:
         staged = await self._at_claimant(protocol.STAGE_JOIN, [self.node_id, address, True])
         if staged is None:
             await self.gossiper.update(lambda s: _stage_join(s, self.node_id, address))
-        return [self._state().claimant()]
+        return self._state().claimant()
 
     async def _stage_join(self, fields: list[Any]) -> list[Any]:
         node_id, address, forwarded = expect(fields, (str, str, bool), "STAGE_JOIN")
@@ -250,12 +256,16 @@ class ClusterService:
 
     async def _stage_leave(self, fields: list[Any]) -> list[Any]:
         node_id, forwarded = expect(fields, (str, bool), "STAGE_LEAVE")
+        return [(await self.stage_leave(node_id, forwarded=forwarded)).encode()]
+
+    async def stage_leave(self, node_id: str = "", *, forwarded: bool = False) -> ClusterState:
+        """Stage the leave of `node_id` (default: this node) at the claimant; the state after."""
         leaver = node_id or self.node_id
         if await self._handled_by_claimant(forwarded, protocol.STAGE_LEAVE, [leaver, True]):
-            return [self._state().encode()]
+            return self._state()
         new = await self.gossiper.update(lambda s: _stage_leave(s, leaver))
         self._spread()
-        return [new.encode()]
+        return new
 
     async def _cluster_state(self, fields: list[Any]) -> list[Any]:
         at_claimant, forwarded = expect(fields, (bool, bool), "CLUSTER_STATE")
@@ -268,14 +278,24 @@ class ClusterService:
                 return [at.encode()]
         return [state.encode()]
 
+    async def refresh_from_claimant(self) -> ClusterState:
+        """Merge the claimant's state (the staged changes live there) into ours; ours after."""
+        await self._at_claimant(protocol.CLUSTER_STATE, [True, True])
+        return self._state()
+
     async def _commit(self, fields: list[Any]) -> list[Any]:
         (forwarded,) = expect(fields, (bool,), "COMMIT")
+        return [(await self.commit(forwarded=forwarded)).encode()]
+
+    async def commit(self, *, forwarded: bool = False) -> ClusterState:
+        """Commit the changes staged at the claimant (forwarded there); the state after.
+        ClusterError when nothing is staged or a handoff is still in progress."""
         if await self._handled_by_claimant(forwarded, protocol.COMMIT, [True]):
-            return [self._state().encode()]
+            return self._state()
         new = await self.gossiper.update(lambda s: s.commit())
         log.info("%s: committed epoch %d: %r", self.node_id, new.epoch, new)
         self._spread()
-        return [new.encode()]
+        return new
 
     def _spread(self) -> None:
         """Push the state to every member now, in the background (a staged change or a commit

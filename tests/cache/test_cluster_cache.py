@@ -154,6 +154,10 @@ def cluster_state(cache: AsyncCache) -> ClusterState:
     return cluster.gossiper.state
 
 
+def partition(cache: AsyncCache, key: str) -> int:
+    return cluster_state(cache).ring.partition_of(objects.object_key("", key.encode()))
+
+
 def node_state(node: Node) -> ClusterState | None:
     assert node.cluster is not None
     return node.cluster.gossiper.state
@@ -190,8 +194,9 @@ async def test_a_cache_joins_plain_nodes_by_seed(
             others = [key for key in before if not cache.replicates(key)]
             assert mine and others
             for key in before:  # the fast path follows the gossiped ring
-                p = state.ring.partition_of(objects.object_key("", key.encode()))
-                assert cache.replicates(key) == ("c1" in state.read_owners(p, 2))
+                assert cache.replicates(key) == (
+                    "c1" in state.read_owners(partition(cache, key), 2)
+                )
             sim.partition(["c1:7000"], ["s1:7000", "s2:7000"])
             assert {key: cache.lookup_local(key) for key in mine} == {k: before[k] for k in mine}
             assert all(cache.lookup_local(key) is REMOTE for key in others)
@@ -257,6 +262,11 @@ async def test_a_membership_change_moves_the_fast_path(
             assert cluster_state(a).pending is not None and not cluster_state(a).confirmed
             assert all(b.lookup_local(key) == key for key in from_b)  # b serves until then
             assert all(a.lookup_local(key) is REMOTE for key in from_b)  # a only after
+            to_a = [k for k in from_b if "a" in cluster_state(a).owners_for(partition(a, k), 1)]
+            assert to_a  # writes go to a already; cache writes are coordinated by b until then
+            coordinator = a.node.coordinator
+            assert not any(coordinator.replicates("", k.encode()) for k in to_a)
+            assert all(coordinator.replicates("", k.encode(), any_owner=True) for k in to_a)
             sim.heal()
         await wait_until(lambda: len({cluster_state(m) for m in (a, b, c)}) == 1)
         final = cluster_state(a)

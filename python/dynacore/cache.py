@@ -755,9 +755,13 @@ async def join_by_seeds(node: Node, seeds: Sequence[str], timeout_s: float) -> N
         await _wait_for(cluster, lambda state: _joined(state, cluster.node_id))
         log.info("%s joined the cluster at %s", cluster.node_id, list(seeds))
         return
-    raise Unavailable(
-        f"{cluster.node_id} did not finish joining the cluster at {list(seeds)} within "
-        f"{timeout_s} s (if the join was committed, restart this member to finish it)"
+    raise _join_timeout(cluster.node_id, seeds, timeout_s)
+
+
+def _join_timeout(node_id: str, seeds: Sequence[str], timeout_s: float) -> Unavailable:
+    return Unavailable(
+        f"{node_id} did not finish joining the cluster at {list(seeds)} within {timeout_s} s "
+        "(if the join was committed, restart this member to finish it)"
     )
 
 
@@ -797,8 +801,12 @@ async def open_cache_with(settings: CacheSettings) -> AsyncIterator[AsyncCache]:
             raise StorageError(
                 f"cannot create the cache's data directory {data_dir}: {exc}"
             ) from exc
+    deadline_s = trio.current_time() + settings.join_timeout_s
     if settings.joins:
-        settings = _with_view(settings, await _cluster_view(settings))
+        with trio.move_on_at(deadline_s):
+            settings = _with_view(settings, await _cluster_view(settings))
+        if trio.current_time() >= deadline_s:
+            raise _join_timeout(settings.config.node_id, settings.seeds, settings.join_timeout_s)
     started = False
     try:
         async with open_node(
@@ -808,7 +816,8 @@ async def open_cache_with(settings: CacheSettings) -> AsyncIterator[AsyncCache]:
             rng=settings.rng,
         ) as node:
             if settings.joins:
-                await join_by_seeds(node, settings.seeds, settings.join_timeout_s)
+                remaining_s = max(0.0, deadline_s - trio.current_time())
+                await join_by_seeds(node, settings.seeds, remaining_s)
             started = True
             cache = AsyncCache(node, settings)
             try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,9 +280,10 @@ async def test_a_membership_change_moves_the_fast_path(
             assert await b.get(key) == key  # b still answers, through the new owner
 
 
-def test_sync_caches_join_by_seed_and_leave_on_close() -> None:
+def test_sync_caches_join_by_seed_resume_and_leave_on_close(tmp_path: Path) -> None:
     with Cache(node_id="a", n=1, gossip_interval_s=0.05) as a:
-        b = Cache(node_id="b", seeds=[a.address], gossip_interval_s=0.05)
+        options: dict[str, Any] = {"node_id": "b", "gossip_interval_s": 0.05, "sync": False}
+        b = Cache(tmp_path / "b", seeds=[a.address], **options)
         try:
             keys = [f"k{i}" for i in range(100)]
             for key in keys:
@@ -291,6 +293,9 @@ def test_sync_caches_join_by_seed_and_leave_on_close() -> None:
             assert all(b.lookup_local(key) == key for key in mine)
             assert all(a.lookup_local(key) is REMOTE for key in mine)
             assert [a[key] for key in keys] == keys
+            b.close()  # stops only: b stays a member, and resumes from its persisted state
+            b = Cache(tmp_path / "b", seeds=[a.address], **options)
+            assert [b.lookup_local(key) for key in mine] == mine
         finally:
             b.close(leave=True)
         settle(lambda: all(a.replicates(key) for key in keys))

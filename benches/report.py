@@ -1,6 +1,7 @@
 """Print a pytest-benchmark JSON file as one table: each group's rows as ratios to the pure twin.
 
-Usage: python benches/report.py build/bench.json   (`make bench` runs the benchmarks and this).
+Usage: python benches/report.py build/bench.json [--markdown]
+(`make bench` runs the benchmarks and this; --markdown prints a table for benches/README.md).
 Each benchmark names its implementation in extra_info["impl"] ("rust", "cython", "python", or an
 outside baseline such as "ormsgpack"); the ratio column is python-median / this-median, so 10.0
 means ten times faster than the pure-Python twin.
@@ -29,9 +30,22 @@ def rows(data: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
     return groups
 
 
-def main(path: str) -> None:
+def markdown(data: dict[str, Any]) -> None:
+    print("| group | impl | median | x pure |")
+    print("|---|---|---:|---:|")
+    for group, entries in sorted(rows(data).items()):
+        pure = dict(entries).get("python")
+        for impl, median in sorted(entries, key=lambda e: e[1]):
+            ratio = f"{pure / median:.2f}" if pure else "-"
+            print(f"| {group} | {impl} | {_fmt_time(median).strip()} | {ratio} |")
+
+
+def main(path: str, as_markdown: bool = False) -> None:
     with open(path) as handle:
         data = json.load(handle)
+    if as_markdown:
+        markdown(data)
+        return
     print(f"{'group':28} {'impl':22} {'median':>12} {'x pure':>8}")
     for group, entries in sorted(rows(data).items()):
         pure = dict(entries).get("python")
@@ -42,4 +56,5 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "build/bench.json")
+    args = [a for a in sys.argv[1:] if a != "--markdown"]
+    main(args[0] if args else "build/bench.json", as_markdown="--markdown" in sys.argv[1:])

@@ -509,6 +509,163 @@ def _watch(seeds: str, secret: str, timeout_s: float) -> None:
 #
 # -- anti-entropy commands (repair, aae-status): owned by the anti-entropy work -----------------
 
+REPAIR_TIMEOUT_S = 600.0  # one partition's full exchange, run by one node
+AAE_STATUS_TIMEOUT_S = 10.0
+
+
+def _with_rpc(seeds: str, secret: str, fn: Callable[[Any], Any]) -> Any:
+    """Run `await fn(call)` in trio with an RPC client to the cluster (call: RpcClient.call)."""
+    import random
+
+    import trio
+
+    from dynacore.coordinator import exception_leaves
+    from dynacore.limits import Limits
+    from dynacore.net.rpc import open_rpc_client
+    from dynacore.net.transport import TcpTransport
+
+    async def main() -> Any:
+        limits = Limits()
+        async with open_rpc_client(
+            TcpTransport(limits),
+            client_id="dynacore-cli",
+            rng=random.Random(),
+            secret=secret.encode(),
+            limits=limits,
+        ) as rpc:
+            return await fn(rpc.call)
+
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:  # the client's nursery wraps the error: show it as is
+        leaves = exception_leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+@main.command()
+@click.option("--partition", "partitions", type=int, multiple=True, help="Only these (repeatable).")
+@_seeds_option
+def repair(partitions: tuple[int, ...], seeds: str, secret: str) -> None:
+    """Run a full anti-entropy exchange of every partition now."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from dynacore.cluster.antientropy import RepairReport, fetch_view, repair_cluster
+
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]repair[/bold] partition {task.fields[partition]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[repaired]} keys repaired, {task.fields[exchanges]} exchanges"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+    async def work(call: Any) -> RepairReport:
+        view = await fetch_view(call, _split(seeds), AAE_STATUS_TIMEOUT_S)
+        chosen = list(partitions) or list(range(view.ring.q))
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task(
+                "repair", total=len(chosen), partition="-", repaired=0, exchanges=0
+            )
+
+            def step(partition: int, report: RepairReport) -> None:
+                progress.update(
+                    task,
+                    advance=1,
+                    partition=partition,
+                    repaired=report.keys_repaired,
+                    exchanges=report.exchanges,
+                )
+
+            return await repair_cluster(call, view, chosen, REPAIR_TIMEOUT_S, step)
+
+    def action() -> None:
+        report = _with_rpc(seeds, secret, work)
+        console.print(
+            f"repaired {report.keys_repaired} keys in {report.partitions} partitions "
+            f"({report.exchanges} exchanges, {report.bytes_sent} bytes)"
+        )
+        if report.failed:
+            console.print(f"[red]no replica could repair partitions {report.failed}[/red]")
+            sys.exit(1)
+
+    _run(action)
+
+
+@main.command("aae-status")
+@click.option("--all", "show_all", is_flag=True, help="Also trees that never exchanged.")
+@_seeds_option
+def aae_status(show_all: bool, seeds: str, secret: str) -> None:
+    """Per partition and node: keys, the last exchange and the keys it repaired; pending hints."""
+    import time
+
+    from dynacore.cluster.antientropy import NodeAaeStatus, fetch_aae_status, fetch_view
+
+    async def work(call: Any) -> list[tuple[str, NodeAaeStatus | None]]:
+        view = await fetch_view(call, _split(seeds), AAE_STATUS_TIMEOUT_S)
+        return await fetch_aae_status(call, view, AAE_STATUS_TIMEOUT_S)
+
+    def action() -> None:
+        statuses = _with_rpc(seeds, secret, work)
+        now_ms = time.time() * 1000
+        table = Table(title="dynacore anti-entropy")
+        for column in (
+            "partition",
+            "n",
+            "node",
+            "keys",
+            "last exchange",
+            "exchanges",
+            "keys repaired",
+            "with",
+        ):
+            table.add_column(column)
+        rows = []
+        for node, status in statuses:
+            if status is None:
+                console.print(f"[red]{node} did not answer[/red]")
+                continue
+            for tree in status.trees:
+                if tree.exchanges or show_all:
+                    rows.append((tree.partition, tree.n, node, tree))
+        for partition, n, node, tree in sorted(rows, key=lambda row: row[:3]):
+            ago = (
+                f"{(now_ms - tree.last_exchange_ms) / 1000:.1f} s ago"
+                if tree.last_exchange_ms
+                else "never"
+            )
+            table.add_row(
+                str(partition),
+                str(n),
+                node,
+                str(tree.keys),
+                ago,
+                str(tree.exchanges),
+                str(tree.keys_repaired),
+                tree.last_peer or "-",
+            )
+        console.print(table)
+        hints = Table(title="pending hints")
+        for column in ("held by", "for", "hints"):
+            hints.add_column(column)
+        for node, status in statuses:
+            for target, count in status.hints if status else ():
+                hints.add_row(node, target, str(count))
+        console.print(hints)
+
+    _run(action)
+
 
 # -- end anti-entropy commands ------------------------------------------------------------------
 #

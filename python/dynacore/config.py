@@ -27,6 +27,8 @@ MAX_MEMBERS = 1024
 MAX_NAMESPACES = 1024
 MAX_NAMESPACE_BYTES = 64
 DEFAULT_LISTEN = "127.0.0.1:7070"
+MAX_INTERVAL_S = 86_400.0  # background intervals (anti-entropy, hints, reaper): at most a day
+MAX_TOMBSTONE_GRACE_S = 365 * 86_400.0
 
 
 def resolve_quorum(spec: QuorumSpec | None, n: int, *, default: QuorumSpec = "quorum") -> int:
@@ -138,6 +140,11 @@ class NodeConfig:
     namespaces: Mapping[str, int] = field(default_factory=dict)
     cluster_secret: str = ""
     sync: bool = True
+    # self-healing (cluster/hints.py, antientropy.py, reaper.py); an interval of 0 turns it off
+    aae_interval_s: float = 10.0  # one Merkle exchange of one partition with one peer
+    hint_interval_s: float = 1.0  # hinted-handoff delivery rounds
+    reap_interval_s: float = 10.0  # TTL and tombstone reaper rounds
+    tombstone_grace_s: float = 3600.0  # a tombstone is reaped no sooner than this after its write
     limits: Limits = field(default_factory=Limits)
 
     def __post_init__(self) -> None:
@@ -154,6 +161,7 @@ class NodeConfig:
         resolve_quorum(check_quorum_spec(self.r), self.n)
         resolve_quorum(check_quorum_spec(self.w), self.n)
         self._check_namespaces()
+        self._check_intervals()
         ids = [node_id for node_id, _ in self.members]
         if self.members and self.node_id not in ids:
             raise ConfigError(f"node id {self.node_id!r} is not among the members {ids}")
@@ -168,6 +176,11 @@ class NodeConfig:
                 raise ConfigError(f"a namespace name is 1..{MAX_NAMESPACE_BYTES} bytes: {name!r}")
             resolve_quorum("all", n)  # validates n
 
+    def _check_intervals(self) -> None:
+        for name in ("aae_interval_s", "hint_interval_s", "reap_interval_s"):
+            _check_seconds(name, getattr(self, name), MAX_INTERVAL_S)
+        _check_seconds("tombstone_grace_s", self.tombstone_grace_s, MAX_TOMBSTONE_GRACE_S)
+
     def n_for(self, namespace: str) -> int:
         """The replication factor of a namespace ("" is the default namespace)."""
         if namespace == "":
@@ -180,6 +193,11 @@ class NodeConfig:
     def member_list(self) -> tuple[tuple[str, str], ...]:
         """The static members, or this node alone when none are configured."""
         return self.members or ((self.node_id, self.listen),)
+
+
+def _check_seconds(name: str, value: object, high_s: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= high_s:
+        raise ConfigError(f"{name} must be a number of seconds in [0, {high_s:g}], got {value!r}")
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -340,5 +358,9 @@ _COERCE: dict[str, Any] = {
     "namespaces": _as_namespaces,
     "cluster_secret": lambda v: _as_str("cluster_secret", v),
     "sync": lambda v: _as_bool("sync", v),
+    "aae_interval_s": lambda v: _as_float("aae_interval_s", v),
+    "hint_interval_s": lambda v: _as_float("hint_interval_s", v),
+    "reap_interval_s": lambda v: _as_float("reap_interval_s", v),
+    "tombstone_grace_s": lambda v: _as_float("tombstone_grace_s", v),
 }
 assert set(_COERCE) == _TOP_FIELDS, "every NodeConfig field has a coercion"

@@ -42,6 +42,10 @@ FORWARD_TIMEOUT_FACTOR = 2.0  # a forwarded put waits for the remote coordinator
 UNREACHABLE = (ConnectionLost, RequestTimeout, OSError)  # the peer may be down: try another
 
 Update = Callable[[bytes | None], bytes | None]
+Fallback = Callable[[str, bytes, bytes, set[str], bool], Awaitable[bool]]
+"""Sloppy quorum (cluster/hints.py): (down replica, stored key, set, fallbacks used by this put,
+whether the replica itself was tried) -> True when the write is durable on a node that counts
+toward w (a fallback with a hint, or the replica after all)."""
 
 
 class Clock(Protocol):
@@ -65,20 +69,35 @@ class PeerHealth:
         assert retry_after_s > 0
         self._retry_after_s = retry_after_s
         self._down_since: dict[str, float] = {}
+        self._retry_at: dict[str, float] = {}
         self._known: set[str] = set()
 
     def mark_ok(self, node: str) -> None:
         self._known.add(node)
         self._down_since.pop(node, None)
+        self._retry_at.pop(node, None)
 
     def mark_failed(self, node: str) -> None:
         self._known.add(node)
-        self._down_since.setdefault(node, trio.current_time())
+        now = trio.current_time()
+        self._down_since.setdefault(node, now)
+        self._retry_at[node] = now + self._retry_after_s
 
     def is_up(self, node: str) -> bool:
-        """False while a recent call to `node` failed; True again after retry_after_s."""
-        since = self._down_since.get(node)
-        return since is None or trio.current_time() - since >= self._retry_after_s
+        """False while a recent call to `node` failed; True again retry_after_s after the last
+        failure."""
+        retry_at = self._retry_at.get(node)
+        return retry_at is None or trio.current_time() >= retry_at
+
+    def try_probe(self, node: str) -> bool:
+        """Whether a background request may go to `node` now: yes when it is up; when it is
+        down, yes for one caller per retry_after_s (the probe), so that a stream of writes does
+        not queue one doomed request per write behind a dead peer."""
+        if not self.is_up(node):
+            return False
+        if node in self._down_since:
+            self._retry_at[node] = trio.current_time() + self._retry_after_s
+        return True
 
     def is_down(self, node: str) -> bool:
         return node in self._down_since
@@ -97,6 +116,7 @@ class _Acks:
     pending: int
     count: int = 0
     settled: trio.Event = field(default_factory=trio.Event)
+    fallbacks: set[str] = field(default_factory=set)  # nodes holding a hint of this put
 
     def add(self) -> None:
         self.count += 1
@@ -172,6 +192,9 @@ class Coordinator:
         self.health = health if health is not None else PeerHealth()
         self._repairs = trio.CapacityLimiter(READ_REPAIR_MAX_IN_FLIGHT)
         self._tasks = trio.CapacityLimiter(BACKGROUND_MAX_TASKS)
+        # hooks of cluster/hints.py (sloppy quorum) and cluster/reaper.py (see counter_floor)
+        self.fallback: Fallback | None = None
+        self.counter_floor: Callable[[], int] = lambda: 0
 
     @property
     def timeout_s(self) -> float:
@@ -224,12 +247,15 @@ class Coordinator:
         return context
 
     def _put_fn(self, context: bytes, envelope: bytes) -> Update:
-        actor, limits = self.actor_id, self._limits
+        actor, limits, floor = self.actor_id, self._limits, self.counter_floor
         max_set_bytes = limits.frame_size_bytes - FRAME_HEADROOM_BYTES - limits.key_size_bytes
 
         def apply(old: bytes | None) -> bytes:
             base = old if old is not None else versions.empty()
-            new = versions.update(base, context or versions.vv_empty(), envelope, actor)
+            ctx = context or versions.vv_empty()
+            if old is None and floor() > 0:  # never reissue a dot of a reaped object
+                ctx = versions.vv_merge(ctx, versions.vv_from([(actor, floor())]))
+            new = versions.update(base, ctx, envelope, actor)
             siblings = versions.size(new)
             if siblings > limits.siblings_max:
                 raise TooManySiblings(
@@ -267,10 +293,13 @@ class Coordinator:
         self, peer: str, stored_key: bytes, new_set: bytes, acks: _Acks | None
     ) -> None:
         """Background: one REPLICA_PUT; a failure is logged (the peer is behind, not the write)."""
+        tried = True
         try:
             if peer == self.node_id:
                 await self.replica_put(stored_key, new_set)
                 reply: list[Value] | None = []
+            elif self.fallback is not None and acks is not None and not self.health.try_probe(peer):
+                reply, tried = None, False  # believed down: straight to a sloppy-quorum fallback
             else:
                 fields = [stored_key, new_set]
                 reply = await self._call(peer, messages.REPLICA_PUT, fields, self.timeout_s)
@@ -279,6 +308,9 @@ class Coordinator:
             reply = None
         if acks is None:
             return
+        if reply is None and self.fallback is not None:
+            stored = await self.fallback(peer, stored_key, new_set, acks.fallbacks, tried)
+            reply = [] if stored else None
         if reply is None:
             acks.fail()
         else:
@@ -485,6 +517,7 @@ def _single_bytes(reply: Sequence[Value], what: str) -> bytes:
 __all__ = [
     "Clock",
     "Coordinator",
+    "Fallback",
     "PeerHealth",
     "Store",
     "exception_leaves",

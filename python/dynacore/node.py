@@ -18,6 +18,7 @@ import trio
 
 from dynacore import cachewrite, messages, objects
 from dynacore._backend import versions
+from dynacore.cluster.antientropy import ObservedEngine, SelfHealing
 from dynacore.cluster.service import ClusterService
 from dynacore.config import NodeConfig, QuorumSpec, check_quorum_spec
 from dynacore.coordinator import Clock, Coordinator, PeerHealth, exception_leaves
@@ -73,6 +74,7 @@ class Node:
         self._cancel_scope = cancel_scope
         self.extra_handlers: dict[int, Callable[[list[Any]], Awaitable[list[Any]]]] = {}
         self.cluster = cluster  # gossip, staged changes, handoff (cluster/service.py)
+        self.healing: SelfHealing | None = None  # hints, anti-entropy, reaper (set by open_node)
 
     @property
     def membership(self) -> Membership:
@@ -182,7 +184,7 @@ class Node:
             partitions=view.ring.q,
             partitions_owned=view.partitions_owned(self.node_id),
             key_count=self.engine.count("data"),
-            pending_hints=0,
+            pending_hints=self.engine.count("hints"),
             peers=peers,
         )
 
@@ -252,6 +254,7 @@ async def _run_node(
             engine if engine is not None else await stack.enter_async_context(_open_engine(config))
         )
         actor_id = (await open_node_meta(store, config.node_id, rng)).actor_id
+        store = ObservedEngine(store)  # every data write marks its Merkle tree leaf dirty
         rpc = await stack.enter_async_context(
             open_rpc_client(
                 transport,
@@ -288,6 +291,20 @@ async def _run_node(
             )
             cluster.on_view(lambda view: setattr(coordinator, "membership", view))
             node.extra_handlers.update(cluster.handlers())
+            heal = SelfHealing(
+                config,
+                actor_id=actor_id,
+                store=store,
+                rpc=rpc,
+                clock_ms=clock.now_ms,
+                view=lambda: coordinator.membership,
+                health=coordinator.health,
+            )
+            await heal.start(nursery)
+            coordinator.fallback, coordinator.counter_floor = heal.handoff.fallback, heal.floor
+            node.healing = heal
+            assert not set(heal.handlers()) & set(node.extra_handlers), "message types collide"
+            node.extra_handlers.update(heal.handlers())
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             node.address = await nursery.start(server.serve, transport, config.listen, node.handle)
             await cluster.start(nursery, node.address)  # advertises the bound port

@@ -61,6 +61,9 @@ async def test_a_fallback_takes_the_write_counts_toward_w_and_hands_it_back(
         assert cluster.nodes[fallback].status().pending_hints == 1
 
         await cluster.start(down)
+        # gossip heartbeats told the fallback that `down` went away: it hands hints back once
+        # they tell it that `down` is back
+        await wait_until(lambda: cluster.nodes[fallback].coordinator.health.is_up(down))
         assert await healing(cluster, fallback).handoff.deliver_round() == 1
         stored = cluster.stored(down, sk(key))
         assert objects.visible_values(stored, cluster.clock.now_ms()) == [b"sloppy"]

@@ -32,6 +32,7 @@ from dynacore.cluster.state import ClusterState, Status
 from dynacore.errors import ClusterError, ConfigError, DynacoreError, ProtocolError
 from dynacore.messages import expect
 from dynacore.net.messages import Value
+from dynacore.net.transport import parse_address
 from dynacore.storage import Engine
 from dynacore.storage.meta import get_cluster_state, put_cluster_state
 
@@ -69,6 +70,15 @@ def shares_ring_node(a: ClusterState, b: ClusterState) -> bool:
     nodes_a = set(a.ring.nodes) | set(a.pending.nodes if a.pending else ())
     nodes_b = set(b.ring.nodes) | set(b.pending.nodes if b.pending else ())
     return bool(nodes_a & nodes_b)
+
+
+def advertised(address: str) -> bool:
+    """True when `address` names a port a member listens on (not the port-0 placeholder of a
+    static member list whose ports are bound at start)."""
+    try:
+        return parse_address(address)[1] != 0
+    except ConfigError:
+        return False
 
 
 def decode_state(raw: object) -> ClusterState | None:
@@ -257,14 +267,16 @@ class Gossiper:
                 nursery.start_soon(self.exchange, target[1], target[0])
 
     def peers(self) -> list[tuple[str, str]]:
-        """(id, address) of every serving member but this node, sorted by id."""
+        """(id, address) of every serving member but this node whose address is known (a
+        member listed at port 0 has not advertised where it listens yet: a call there could
+        only fail, and would mark a healthy peer failed), sorted by id."""
         state = self._state
         if state is None:
             return []
         return [
             (node_id, member.address)
             for node_id, member in state.members.items()
-            if node_id != self.node_id and member.status in SERVING
+            if node_id != self.node_id and member.status in SERVING and advertised(member.address)
         ]
 
     def _heartbeat_targets(self) -> list[tuple[str, str]]:

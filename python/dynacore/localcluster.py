@@ -108,8 +108,8 @@ class LocalCluster:
     n: int = 3
     secret: str = ""
     extra_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for every node
     nodes: list[LocalNode] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)  # extra environment of every node
 
     def __post_init__(self) -> None:
         if not 1 <= self.nodes_count <= MAX_LOCAL_NODES:
@@ -135,10 +135,9 @@ class LocalCluster:
         return [node.address for node in self.nodes]
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         if self.secret:
             env["DYNACORE_CLUSTER_SECRET"] = self.secret
-        env.update(self.env)
         return env
 
     def add_node(self, seeds: list[str]) -> LocalNode:

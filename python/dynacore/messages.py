@@ -49,6 +49,12 @@ CACHE_WRITE: Final = 96
 ttl_ms: int, w: spec|None, forwarded: bool] -> [existed: bool, value: int]  (set and delete replace
 what the coordinator holds; incr adds delta to the coordinator's own counter entry)"""
 
+# -- data-path batching (104-111; readbatch.py) ----------------------------------------------------
+
+REPLICA_GET_MANY: Final = 104
+"""[stored_keys: list[bytes]] -> [sets: list[bytes | None]]  (the sets of a prefix of the keys,
+in order: all of them unless they pass the reply budget; the caller reads the rest one by one)"""
+
 FIRST_NODE_TYPE: Final = 32
 LAST_NODE_TYPE: Final = 127
 
@@ -61,6 +67,7 @@ NAMES: Final = {
     REPLICA_GET: "REPLICA_GET",
     REPLICA_PUT: "REPLICA_PUT",
     CACHE_WRITE: "CACHE_WRITE",
+    REPLICA_GET_MANY: "REPLICA_GET_MANY",
 }
 assert all(FIRST_NODE_TYPE <= t <= LAST_NODE_TYPE for t in NAMES)
 
@@ -123,8 +130,13 @@ def expect(fields: Sequence[object], types: Sequence[Any], what: str) -> list[An
     """
     if len(fields) != len(types):
         raise ProtocolError(f"{what}: expected {len(types)} fields, got {len(fields)}")
-    for index, (value, kind) in enumerate(zip(fields, types, strict=True)):
-        is_bool_as_int = isinstance(value, bool) and kind is int
-        if is_bool_as_int or not isinstance(value, kind):
-            raise ProtocolError(f"{what}: field {index} has the wrong type {type(value).__name__}")
+    for value, kind in zip(fields, types, strict=True):  # on every request: kept lean
+        if not isinstance(value, kind) or (kind is int and value.__class__ is bool):
+            _raise_wrong_type(fields, types, what)
     return list(fields)
+
+
+def _raise_wrong_type(fields: Sequence[object], types: Sequence[Any], what: str) -> None:
+    for index, (value, kind) in enumerate(zip(fields, types, strict=True)):
+        if not isinstance(value, kind) or (kind is int and value.__class__ is bool):
+            raise ProtocolError(f"{what}: field {index} has the wrong type {type(value).__name__}")

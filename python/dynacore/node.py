@@ -6,6 +6,7 @@ SIGTERM/SIGINT → clean stop).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import signal
@@ -16,7 +17,7 @@ from typing import Any, ClassVar
 
 import trio
 
-from dynacore import cachewrite, messages, objects
+from dynacore import cachewrite, messages, objects, readbatch
 from dynacore._backend import versions
 from dynacore.cluster.antientropy import ObservedEngine, SelfHealing
 from dynacore.cluster.service import ClusterService
@@ -25,8 +26,9 @@ from dynacore.coordinator import Clock, Coordinator, PeerHealth, exception_leave
 from dynacore.errors import ProtocolError
 from dynacore.membership import Membership
 from dynacore.messages import NodeStatus, PeerStatus, expect
-from dynacore.net.rpc import RpcServer, open_rpc_client
+from dynacore.net.rpc import Respond, RpcServer, open_rpc_client
 from dynacore.net.transport import TcpTransport, Transport
+from dynacore.readbatch import ReadBatcher
 from dynacore.storage import Engine, open_lmdb_engine, open_memory_engine, open_node_meta
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,24 @@ class Node:
     async def _client_get(self, fields: list[Any]) -> list[Any]:
         namespace, key, r = expect(fields, (str, bytes, SPEC), "CLIENT_GET")
         merged = await self.coordinator.get(namespace, key, r=_spec(r))
+        return self._get_reply(merged)
+
+    def client_get_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """CLIENT_GET without a task when the replicas' connections are up (else False)."""
+        namespace, key, r = expect(fields, (str, bytes, SPEC), "CLIENT_GET")
+
+        def done(merged: bytes | None, error: Exception | None) -> None:
+            if error is None:
+                try:
+                    respond(self._get_reply(merged))
+                except Exception as exc:
+                    respond(exc)
+            else:
+                respond(error)
+
+        return self.coordinator.get_soon(namespace, key, _spec(r), done)
+
+    def _get_reply(self, merged: bytes | None) -> list[Any]:
         if merged is None:
             return [b"", [], 0]
         now_ms = self.clock.now_ms()
@@ -122,6 +142,23 @@ class Node:
             namespace, key, value, context, w=_spec(w), ttl_ms=ttl_ms, forwarded=forwarded
         )
         return [new_context]
+
+    def client_put_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """CLIENT_PUT without a task when this node replicates the key and the replicas'
+        connections are up (else False: forwarding and the slow paths take a task)."""
+        namespace, key, value, context, w, ttl_ms, _forwarded = expect(
+            fields, (str, bytes, bytes, bytes, SPEC, int, bool), "CLIENT_PUT"
+        )
+        done = _context_reply(respond)
+        return self.coordinator.put_soon(namespace, key, value, context, _spec(w), ttl_ms, done)
+
+    def client_delete_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """CLIENT_DELETE without a task, as client_put_deferred."""
+        namespace, key, context, w, _forwarded = expect(
+            fields, (str, bytes, bytes, SPEC, bool), "CLIENT_DELETE"
+        )
+        done = _context_reply(respond)
+        return self.coordinator.put_soon(namespace, key, None, context, _spec(w), 0, done)
 
     async def _client_delete(self, fields: list[Any]) -> list[Any]:
         namespace, key, context, w, forwarded = expect(
@@ -143,6 +180,24 @@ class Node:
     async def _replica_get(self, fields: list[Any]) -> list[Any]:
         (stored_key,) = expect(fields, (bytes,), "REPLICA_GET")
         return [self.coordinator.replica_get(stored_key)]
+
+    def replica_get_inline(self, fields: list[Any], peer: str) -> list[Any]:
+        """REPLICA_GET answered in the connection's reader (a synchronous local read)."""
+        (stored_key,) = expect(fields, (bytes,), "REPLICA_GET")
+        return [self.coordinator.replica_get(stored_key)]
+
+    def replica_get_many_inline(self, fields: list[Any], peer: str) -> list[Any]:
+        """REPLICA_GET_MANY answered in the connection's reader (readbatch.py)."""
+        return readbatch.answer_many(fields, self.coordinator.replica_get, self.config.limits)
+
+    def replica_put_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
+        """REPLICA_PUT without a task when the commit queue has room (else False)."""
+        stored_key, incoming = expect(fields, (bytes, bytes), "REPLICA_PUT")
+
+        def done(error: Exception | None) -> None:
+            respond([] if error is None else error)
+
+        return self.coordinator.replica_put_soon(stored_key, incoming, done)
 
     async def _replica_put(self, fields: list[Any]) -> list[Any]:
         stored_key, incoming = expect(fields, (bytes, bytes), "REPLICA_PUT")
@@ -187,6 +242,15 @@ class Node:
             pending_hints=self.engine.count("hints"),
             peers=peers,
         )
+
+
+def _context_reply(respond: Respond) -> Callable[[bytes | None, Exception | None], None]:
+    """A put's outcome as the [context] reply (or the error)."""
+
+    def done(context: bytes | None, error: Exception | None) -> None:
+        respond([context] if error is None else error)
+
+    return done
 
 
 def _spec(value: str | int | None) -> QuorumSpec | None:
@@ -306,7 +370,34 @@ async def _run_node(
             assert not set(heal.handlers()) & set(node.extra_handlers), "message types collide"
             node.extra_handlers.update(heal.handlers())
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
-            node.address = await nursery.start(server.serve, transport, config.listen, node.handle)
+            inline = {
+                messages.REPLICA_GET: node.replica_get_inline,
+                messages.REPLICA_GET_MANY: node.replica_get_many_inline,
+            }
+            reads = ReadBatcher(
+                rpc,
+                coordinator.health,
+                lambda peer: coordinator.membership.address_of(peer),
+                lambda: coordinator.timeout_s,
+                coordinator.read_single,
+            )
+            coordinator.read_batcher = reads
+            nursery.start_soon(reads.run)
+            deferred = {
+                messages.CLIENT_GET: node.client_get_deferred,
+                messages.REPLICA_PUT: node.replica_put_deferred,
+                messages.CLIENT_PUT: node.client_put_deferred,
+                messages.CLIENT_DELETE: node.client_delete_deferred,
+            }
+            serve = functools.partial(
+                server.serve, inline_handlers=inline, deferred_handlers=deferred
+            )
+            node.address = await nursery.start(
+                serve,
+                transport,
+                config.listen,
+                node.handle,
+            )
             await cluster.start(nursery, node.address)  # advertises the bound port
             log.info("node %s (actor %s) listening on %s", config.node_id, actor_id, node.address)
             try:

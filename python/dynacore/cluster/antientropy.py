@@ -44,6 +44,7 @@ from dynacore.messages import RING_GET, expect
 from dynacore.net.messages import Value
 from dynacore.net.rpc import RpcClient
 from dynacore.storage import Engine, EngineStats, Update
+from dynacore.storage.engine import Done
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +119,16 @@ class ObservedEngine:
         finally:
             if db == DATA_DB:
                 self._notify([key])
+
+    def update_soon(self, db: str, key: bytes, fn: Update, on_done: Done) -> bool:
+        if db != DATA_DB:
+            return self.inner.update_soon(db, key, fn, on_done)
+
+        def settled(result: bytes | None, error: Exception | None) -> None:
+            self._notify([key])
+            on_done(result, error)
+
+        return self.inner.update_soon(db, key, fn, settled)
 
     async def update_many(self, db: str, ops: Sequence[tuple[bytes, Update]]) -> list[bytes | None]:
         try:

@@ -5,6 +5,8 @@ Channel carries whole messages `(msg_type, request_id, fields)`: `send` takes se
 them with one `send_all` (coalescing), `receive` returns the next one. The simulated transport
 (same protocols) is in simnet.py. Frames are the wire codec's (docs/contracts.md `wire`), checked
 against `limits.frame_size_bytes` on both sides: a malformed frame closes that connection only.
+A TcpChannel drives its socket itself (non-blocking calls, trio's readiness waits only when the
+kernel would block): one system call per send or receive, no scheduling point per call.
 """
 
 from __future__ import annotations
@@ -150,26 +152,34 @@ async def run_channel_handler(handler: ChannelHandler, channel: Channel) -> None
 
 
 class TcpChannel:
-    """A Channel over one trio SocketStream."""
+    """A Channel over one connected, non-blocking stdlib socket, driven by trio's I/O waits.
+
+    A send or receive goes straight to the socket and waits for readiness only when the kernel
+    says it would block: no scheduling point per call beyond one per fresh read (fairness), so
+    that the messages of a busy connection cost a system call each and nothing more.
+    """
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        sock: socket.socket,
         peer: str,
         codec: WireCodec,
         limits: Limits,
         config: NetConfig,
     ) -> None:
-        self._stream = stream
+        sock.setblocking(False)
+        self._sock = sock
         self._peer = peer
         self._codec = codec
         self._max_frame_bytes = limits.frame_size_bytes
         self._config = config
         self._decoder = codec.FrameDecoder(limits.frame_size_bytes)
-        # Bounded: holds what one receive_some chunk decoded to.
+        # Bounded: holds what one receive chunk decoded to.
         self._ready: deque[Message] = deque()
-        self._send_lock = trio.Lock()
+        self._sending = False  # one sender at a time (a flag: no scheduling point to take it)
+        self._send_done = trio.Event()
         self._broken: str | None = None
+        self._closed = False
 
     @property
     def peer(self) -> str:
@@ -177,20 +187,45 @@ class TcpChannel:
 
     async def send(self, messages: Sequence[Message]) -> None:
         frames = encode_messages(self._codec, messages, self._max_frame_bytes)
-        async with self._send_lock:
-            if self._broken is not None:
-                raise ConnectionLost(f"{self._peer}: {self._broken}")
+        while self._sending:
+            await self._send_done.wait()
+        if self._broken is not None:
+            raise ConnectionLost(f"{self._peer}: {self._broken}")
+        self._sending = True
+        try:
+            for chunk in _chunks(frames, self._config.write_chunk_bytes):
+                await self._send_all(chunk)
+        except OSError as exc:
+            self._broken = "connection closed"
+            raise ConnectionLost(f"{self._peer}: connection closed ({exc})") from exc
+        except BaseException:
+            # Cancelled mid-write: part of a frame may be out; the stream is unusable.
+            self._broken = "a send was interrupted"
+            await close_quietly(self)
+            raise
+        finally:
+            self._sending = False
+            self._send_done.set()
+            self._send_done = trio.Event()
+
+    async def _send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
             try:
-                for chunk in _chunks(frames, self._config.write_chunk_bytes):
-                    await self._stream.send_all(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                self._broken = "connection closed"
-                raise ConnectionLost(f"{self._peer}: connection closed ({exc})") from exc
-            except BaseException:
-                # Cancelled mid-write: part of a frame may be out; the stream is unusable.
-                self._broken = "a send was interrupted"
-                await close_quietly(self)
-                raise
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_writable)
+                continue
+            view = view[sent:]
+        await trio.lowlevel.checkpoint_if_cancelled()
+
+    async def _wait(self, wait: Callable[[socket.socket], Awaitable[None]]) -> None:
+        """Wait for readiness; ConnectionLost once the channel is closed meanwhile."""
+        try:
+            await wait(self._sock)
+        except (trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            reason = self._broken or "closed"
+            raise ConnectionLost(f"{self._peer}: {reason}") from exc
 
     async def receive(self) -> Message:
         while not self._ready:
@@ -198,13 +233,21 @@ class TcpChannel:
         return self._ready.popleft()
 
     async def _fill(self) -> None:
-        if self._broken is not None:
-            raise ConnectionLost(f"{self._peer}: {self._broken}")
-        try:
-            data = await self._stream.receive_some(self._config.receive_chunk_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._broken = "connection closed"
-            raise ConnectionLost(f"{self._peer}: connection closed ({exc})") from exc
+        waited = False
+        while True:
+            if self._broken is not None:
+                raise ConnectionLost(f"{self._peer}: {self._broken}")
+            try:
+                data = self._sock.recv(self._config.receive_chunk_bytes)
+                break
+            except BlockingIOError:
+                await self._wait(trio.lowlevel.wait_readable)
+                waited = True
+            except OSError as exc:
+                self._broken = "connection closed"
+                raise ConnectionLost(f"{self._peer}: connection closed ({exc})") from exc
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()  # a busy peer cannot starve others
         if not data:
             pending = self._decoder.pending_bytes
             self._broken = "closed by peer" + (f" mid-frame ({pending} bytes)" if pending else "")
@@ -219,7 +262,11 @@ class TcpChannel:
     async def aclose(self) -> None:
         if self._broken is None:
             self._broken = "closed"
-        await self._stream.aclose()
+        if not self._closed:
+            self._closed = True
+            trio.lowlevel.notify_closing(self._sock)  # wakes any task waiting on it
+            self._sock.close()
+        await trio.lowlevel.checkpoint()
 
 
 def _chunks(frames: list[bytes], chunk_bytes: int) -> list[bytes]:
@@ -253,8 +300,12 @@ class TcpTransport:
         self._codec = codec if codec is not None else default_codec()
 
     def _channel(self, stream: trio.SocketStream, peer: str) -> TcpChannel:
+        """Take the stream's socket over (trio keeps no state for it once detached)."""
         stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
-        return TcpChannel(stream, peer, self._codec, self._limits, self._config)
+        trio_socket = stream.socket
+        family, kind, proto = trio_socket.family, trio_socket.type, trio_socket.proto
+        sock = socket.socket(family, kind, proto, fileno=trio_socket.detach())
+        return TcpChannel(sock, peer, self._codec, self._limits, self._config)
 
     async def serve(
         self,

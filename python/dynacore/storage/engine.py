@@ -10,6 +10,7 @@ fails every request of that batch and applies none of it.
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -20,9 +21,15 @@ import trio
 from dynacore.errors import ConfigError, KeyTooLarge, LimitExceeded, StorageClosed, StorageError
 from dynacore.limits import DEFAULT_GROUP_COMMIT_MAX_BATCH, KIB, MIB
 
+log = logging.getLogger(__name__)
+
 Update = Callable[[bytes | None], bytes | None]
 """Maps the current value (None: absent) to the new one (None: delete). Runs inside the write
 transaction, possibly in a worker thread: it must be quick, pure, and must not call into trio."""
+
+Done = Callable[[bytes | None, Exception | None], None]
+"""on_done(result, error) of `update_soon`, called from the committer task once the update is
+durable (error None) or failed (the error `update` would raise)."""
 
 DATABASES: tuple[str, ...] = ("data", "hints", "meta")
 
@@ -54,6 +61,8 @@ class Engine(Protocol):
     async def update_many(
         self, db: str, ops: Sequence[tuple[bytes, Update]]
     ) -> list[bytes | None]: ...
+
+    def update_soon(self, db: str, key: bytes, fn: Update, on_done: Done) -> bool: ...
 
     async def aclose(self) -> None: ...
 
@@ -121,18 +130,33 @@ def check_scan(start: bytes, end: bytes | None, limit: int | None) -> None:
 class Request:
     """One update/update_many call: its operations, then its results or its error."""
 
-    __slots__ = ("db", "done", "error", "ops", "results")
+    __slots__ = ("db", "done", "error", "on_done", "ops", "results")
 
-    def __init__(self, db: str, ops: Sequence[tuple[bytes, Update]]) -> None:
+    def __init__(
+        self,
+        db: str,
+        ops: Sequence[tuple[bytes, Update]],
+        on_done: Callable[[Request], None] | None = None,
+    ) -> None:
         self.db = db
         self.ops = ops
         self.done = trio.Event()
+        self.on_done = on_done  # called once finished, after `done` is set
         self.results: list[bytes | None] | None = None
         self.error: BaseException | None = None
 
     def fail(self, error: BaseException) -> None:
         self.results = None
         self.error = error
+
+    def finish(self) -> None:
+        """The outcome is final: wake the waiter (or call on_done)."""
+        self.done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(self)
+            except Exception:
+                log.exception("a storage completion callback failed")
 
 
 class WriteTxn(Protocol):
@@ -214,6 +238,29 @@ async def submit_ops(
     return await committer.submit(Request(db, ops))
 
 
+def submit_one_soon(
+    committer: GroupCommitter, db: str, key: bytes, fn: Update, on_done: Done
+) -> bool:
+    """`update(db, key, fn)` without waiting, when the queue has room: `on_done(result, error)`
+    follows once durable (or failed). False when it cannot queue now (nothing was queued)."""
+    check_db(db)
+    check_key(key, committer.config.key_size_bytes)
+    if not callable(fn):
+        raise ConfigError(f"an update function must be callable, got {type(fn).__name__}")
+
+    def report(request: Request) -> None:
+        error = request.error
+        if error is None:
+            assert request.results is not None
+            on_done(request.results[0], None)
+        elif isinstance(error, Exception):
+            on_done(None, error)
+        else:
+            on_done(None, StorageError(f"the update did not commit: {error!r}"))
+
+    return committer.submit_soon(Request(db, [(key, fn)], report))
+
+
 Commit = Callable[[list[Request]], Awaitable[tuple[int, bool]]]
 """Applies a batch in one transaction and makes it durable. Returns how many requests it took
 (the rest go back to the head of the queue) and whether the transaction committed; when it did
@@ -265,6 +312,20 @@ class GroupCommitter:
             raise request.error
         assert request.results is not None and len(request.results) == n_ops
         return request.results
+
+    def submit_soon(self, request: Request) -> bool:
+        """Queue the request if there is room now (no waiting); False when there is not or the
+        engine is closing. Its `on_done` reports the outcome."""
+        n_ops = len(request.ops)
+        assert 0 < n_ops <= self.config.max_batch_ops
+        if self._closing or not self._running:
+            return False
+        if self._queued_ops + n_ops > self.config.queue_ops:
+            return False
+        self._queue.append(request)
+        self._queued_ops += n_ops
+        self._wake.set()
+        return True
 
     async def _wait_for_space(self, n_ops: int) -> None:
         """Backpressure: wait until `n_ops` more fit in the queue (returns with no checkpoint
@@ -335,7 +396,7 @@ class GroupCommitter:
             assert all(request.error is not None for request in batch)
             stats.failed_commits += 1
         for request in batch:
-            request.done.set()
+            request.finish()
 
     def _fail_pending(self, error: StorageClosed) -> None:
         pending = self._inflight + list(self._queue)
@@ -344,7 +405,7 @@ class GroupCommitter:
         self._queued_ops = 0
         for request in pending:
             request.fail(StorageClosed(str(error)))
-            request.done.set()
+            request.finish()
         self._space_freed.set()
         self._wake.set()
 

@@ -5,7 +5,8 @@ marker, the long-key cut, per-database long-key counters). Reads are synchronous
 py-lmdb opens every environment with MDB_NOTLS and `lock=True`, so each `get`/`scan`/`count`
 takes its own read transaction on whatever thread calls it. All writes go through the
 `GroupCommitter`; each batch is one write transaction and one sync, run in a worker thread
-(`trio.to_thread.run_sync`) so the event loop never blocks on the disk.
+(`trio.to_thread.run_sync`) so the event loop never blocks on the disk. Without sync (the unsafe
+fast mode) a small batch commits on the event loop itself: no disk wait, no thread round trip.
 
 Long keys. LMDB keys are at most `env.max_key_size()` bytes (511 in the default build), while
 dynacore keys may be longer. A key of at most `cut = max_key_size - 1` bytes is stored as is.
@@ -42,6 +43,7 @@ from dynacore.limits import DEFAULT_LMDB_MAP_SIZE_BYTES, KIB, MIB
 from dynacore.storage.engine import (
     DATABASES,
     CommitConfig,
+    Done,
     EngineStats,
     GroupCommitter,
     Request,
@@ -51,6 +53,7 @@ from dynacore.storage.engine import (
     check_db,
     check_key,
     check_scan,
+    submit_one_soon,
     submit_ops,
 )
 
@@ -58,6 +61,10 @@ FORMAT = b"dynacore-lmdb-1"
 SYS_DB = b"_sys"
 MIN_MAP_SIZE_BYTES = 64 * KIB
 MAX_MAP_SIZE_BYTES = 1 << 44  # 16 TiB
+# With sync off, batches of at most this many operations commit on the event loop, cut after
+# this many bytes written (the rest wait for the next batch).
+INLINE_COMMIT_MAX_OPS = 64
+INLINE_COMMIT_MAX_BYTES = 256 * KIB
 # A disk with less free room than this (or than twice the failed batch) is taken as full.
 FULL_DISK_SLACK_BYTES = 1 * MIB
 
@@ -352,14 +359,26 @@ class LmdbEngine:
         (result,) = await submit_ops(self._committer, db, [(key, fn)])
         return result
 
+    def update_soon(self, db: str, key: bytes, fn: Update, on_done: Done) -> bool:
+        """`update` without waiting when the commit queue has room (else False, nothing
+        queued): `on_done(result, error)` follows once durable or failed."""
+        return submit_one_soon(self._committer, db, key, fn, on_done)
+
     async def update_many(self, db: str, ops: Sequence[tuple[bytes, Update]]) -> list[bytes | None]:
         """Apply every op atomically (all or none) in one group commit; results in op order."""
         return await submit_ops(self._committer, db, ops)
 
     async def _commit(self, batch: list[Request]) -> tuple[int, bool]:
-        taken, error = await trio.to_thread.run_sync(
-            self._commit_sync, batch, limiter=self._commit_limiter
-        )
+        if not self.sync and sum(len(r.ops) for r in batch) <= INLINE_COMMIT_MAX_OPS:
+            # No sync to wait for: a small commit only copies pages into the page cache,
+            # cheaper on the event loop than a round trip through a worker thread.
+            taken, error = self._commit_sync(batch, INLINE_COMMIT_MAX_BYTES)
+            await trio.lowlevel.checkpoint()
+        else:
+            max_bytes = self._committer.config.max_batch_bytes
+            taken, error = await trio.to_thread.run_sync(
+                self._commit_sync, batch, max_bytes, limiter=self._commit_limiter
+            )
         if error is None:
             return taken, True
         for request in batch[:taken]:
@@ -367,13 +386,14 @@ class LmdbEngine:
                 request.fail(type(error)(str(error)))
         return taken, False
 
-    def _commit_sync(self, batch: list[Request]) -> tuple[int, StorageError | None]:
-        """In a worker thread: one write transaction and one sync for the batch."""
+    def _commit_sync(self, batch: list[Request], max_bytes: int) -> tuple[int, StorageError | None]:
+        """One write transaction and one sync for the batch (in a worker thread, except the
+        small batches of an engine without sync)."""
         txn = self._env.begin(write=True)
         committed = False
         try:
             write_txn = _WriteTxn(self._layout, txn)
-            taken = apply_batch(write_txn, batch, self._committer.config.max_batch_bytes)
+            taken = apply_batch(write_txn, batch, max_bytes)
             write_txn.flush_counters()
             txn.commit()
             committed = True

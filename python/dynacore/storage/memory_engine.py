@@ -29,6 +29,7 @@ from dynacore.errors import ConfigError, StorageClosed, StorageError, StorageFul
 from dynacore.storage.engine import (
     DATABASES,
     CommitConfig,
+    Done,
     EngineStats,
     GroupCommitter,
     Request,
@@ -37,6 +38,7 @@ from dynacore.storage.engine import (
     check_db,
     check_key,
     check_scan,
+    submit_one_soon,
     submit_ops,
 )
 
@@ -197,6 +199,11 @@ class MemoryEngine:
         """Apply fn to the key's value in the next group commit; return its result once durable."""
         (result,) = await submit_ops(self._committer, db, [(key, fn)])
         return result
+
+    def update_soon(self, db: str, key: bytes, fn: Update, on_done: Done) -> bool:
+        """`update` without waiting when the commit queue has room (else False, nothing
+        queued): `on_done(result, error)` follows once durable or failed."""
+        return submit_one_soon(self._committer, db, key, fn, on_done)
 
     async def update_many(self, db: str, ops: Sequence[tuple[bytes, Update]]) -> list[bytes | None]:
         """Apply every op atomically (all or none) in one group commit; results in op order."""

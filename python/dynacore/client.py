@@ -21,7 +21,13 @@ import trio
 from dynacore import messages, objects
 from dynacore.config import QuorumSpec, check_address, check_quorum_spec
 from dynacore.coordinator import UNREACHABLE, PeerHealth, exception_leaves
-from dynacore.errors import ConfigError, ProtocolError, RequestTimeout, Unavailable
+from dynacore.errors import (
+    ConfigError,
+    DynacoreError,
+    ProtocolError,
+    RequestTimeout,
+    Unavailable,
+)
 from dynacore.limits import Limits
 from dynacore.membership import Membership
 from dynacore.messages import NodeStatus, expect
@@ -304,21 +310,29 @@ class AsyncClient:
         stored_key = objects.object_key(self._namespace, key)
         n = view.n_for(self._namespace)
         order = self._health.order(view.preference_list(stored_key, n))
-        for node in order:
-            reply = await self._try_node(view, node, msg_type, fields, retry_on_timeout)
-            if reply is not None:
-                return reply
         extended = self._health.order(view.extended_list(stored_key, n))
-        order += extended
-        for node in extended:
-            reply = await self._try_node(view, node, msg_type, fields, retry_on_timeout)
-            if reply is not None:
-                return reply
+        # The first failure whose outcome is unknown (the node may have applied the request
+        # before the connection dropped): once there is one, a later definite refusal must not
+        # be reported as the request's fate, or a stored write would be reported as refused.
+        ambiguous: BaseException | None = None
+        for node in (*order, *extended):
+            try:
+                reply = await self._try_node(view, node, msg_type, fields, retry_on_timeout)
+            except UNREACHABLE:
+                raise
+            except DynacoreError as exc:
+                if ambiguous is not None:
+                    raise ambiguous from exc
+                raise
+            if isinstance(reply, BaseException):
+                ambiguous = ambiguous or reply
+                continue
+            return reply
         try:
             await self.refresh_ring()
         except Unavailable:
             pass
-        raise Unavailable(f"no node could serve the request (tried {order})")
+        raise Unavailable(f"no node could serve the request (tried {[*order, *extended]})")
 
     async def _try_node(
         self,
@@ -327,18 +341,18 @@ class AsyncClient:
         msg_type: int,
         fields: list[Any],
         retry_on_timeout: bool,
-    ) -> list[Any] | None:
-        """One node's reply; None when it could not answer (marked down) and another may."""
+    ) -> list[Any] | BaseException:
+        """One node's reply; the error (marked down) when it could not answer and another may."""
         try:
             reply = await self._call(view.address_of(node), msg_type, fields)
-        except RequestTimeout:
+        except RequestTimeout as exc:
             self._health.mark_failed(node)
             if not retry_on_timeout:
                 raise
-            return None
-        except UNREACHABLE:
+            return exc
+        except UNREACHABLE as exc:
             self._health.mark_failed(node)
-            return None
+            return exc
         self._health.mark_ok(node)
         return reply
 

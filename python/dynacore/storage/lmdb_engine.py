@@ -265,11 +265,16 @@ class CommitThread:
         result: T = await trio.lowlevel.wait_task_rescheduled(abort)
         return result
 
-    def stop(self) -> None:
-        """The thread ends after the jobs queued before this call."""
-        if self._thread is not None:
+    def stop(self, join_timeout_s: float = 5.0) -> None:
+        """End the thread after the jobs queued before this call, and wait for it to exit.
+
+        Called once the last job has completed, so the join returns at once; the bound only
+        guards against a job that never returns."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
             self._jobs.put(None)
-            self._thread = None
+            thread.join(join_timeout_s)
+            assert not thread.is_alive(), f"{self._name} did not stop"
 
     def _loop(self) -> None:
         while True:

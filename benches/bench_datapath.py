@@ -152,9 +152,12 @@ async def worker_main(seeds: list[str], concurrency: int, do_preload: bool) -> N
 class Worker:
     """A client worker process on one backend."""
 
-    def __init__(self, seeds: list[str], backend: str, do_preload: bool) -> None:
+    def __init__(
+        self, seeds: list[str], backend: str, do_preload: bool, concurrency: int = CONCURRENCY
+    ) -> None:
         env = {**os.environ, "DYNACORE_BACKEND": backend}
         args = [sys.executable, __file__, "worker", "--seeds", ",".join(seeds)]
+        args += ["--concurrency", str(concurrency)]
         if do_preload:
             args.append("--preload")
         self.process = subprocess.Popen(
@@ -266,7 +269,7 @@ def main() -> None:
         try:
             pids = [n.process.pid for n in cluster.nodes if n.process is not None]
             print("node pids:", " ".join(map(str, pids)), flush=True)
-            worker = Worker(cluster.addresses, args.backend, do_preload=True)
+            worker = Worker(cluster.addresses, args.backend, True, args.concurrency)
             print("client pid:", worker.process.pid, flush=True)
             if args.hold:
                 input("Enter to start the rounds> ")

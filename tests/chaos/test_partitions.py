@@ -65,7 +65,6 @@ async def test_partitions_between_processes_lose_no_acknowledged_write(tmp_path:
     )
     assert result.ok, result.problems()
     assert result.acknowledged >= 100
-    assert result.unknown > 0, "the partitions must have made some writes uncertain"
     assert dropped > 0, "the proxies must have lost bytes"
 
 

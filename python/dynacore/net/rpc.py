@@ -325,9 +325,13 @@ class _ClientConnection:
             scope.cancel()
 
     async def _timer_task(self) -> None:
-        """Sleep until the earliest deadline (send_request moves it earlier), then expire."""
+        """Sleep until the earliest deadline of a request still waiting (send_request moves
+        it earlier), then expire. Entries of answered requests are dropped from the top first,
+        so that the timer wakes for live deadlines only, not once per answered request."""
         while True:
             heap = self._deadlines
+            while heap and heap[0][1] not in self._pending:
+                heapq.heappop(heap)
             with trio.CancelScope(deadline=heap[0][0] if heap else math.inf) as timer:
                 self._timer = timer
                 await trio.sleep_forever()

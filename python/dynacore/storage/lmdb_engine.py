@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import queue
 import resource
 import struct
 import threading
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
+import outcome
 import trio
 
 from dynacore.errors import ConfigError, StorageClosed, StorageError, StorageFull
@@ -223,6 +225,65 @@ class _WriteTxn:
                 self._txn.put(b"long:" + db.encode(), _I64.pack(extra), db=self._layout.sys)
 
 
+# -- the commit thread -------------------------------------------------------------------------
+
+
+class CommitThread:
+    """One long-lived worker thread that runs an engine's commits, one at a time, in order.
+
+    A trio worker thread per commit (`trio.to_thread.run_sync`) costs a limiter, a thread-cache
+    hand-off and two thread renames (system calls) every time; this thread takes the next job
+    from a queue and reschedules the waiting task through the trio token (~36 against ~57 µs of
+    CPU per round trip, measured alone).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """fn(*args) in the thread; not cancellable once queued (like to_thread.run_sync)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+            self._thread.start()
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+
+        def job() -> None:
+            result = outcome.capture(fn, *args)
+            try:
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+            except trio.RunFinishedError:
+                pass
+
+        self._jobs.put(job)
+
+        def abort(_raise_cancel: object) -> trio.lowlevel.Abort:
+            return trio.lowlevel.Abort.FAILED  # a commit under way is waited for, never dropped
+
+        result: T = await trio.lowlevel.wait_task_rescheduled(abort)
+        return result
+
+    def stop(self, join_timeout_s: float = 5.0) -> None:
+        """End the thread after the jobs queued before this call, and wait for it to exit.
+
+        Called once the last job has completed, so the join returns at once; the bound only
+        guards against a job that never returns."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(join_timeout_s)
+            assert not thread.is_alive(), f"{self._name} did not stop"
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            job()
+
+
 # -- the engine --------------------------------------------------------------------------------
 
 
@@ -255,7 +316,7 @@ class LmdbEngine:
         self._readers = 0
         self._env_closed = trio.Event()
         # The committer's own worker thread: commits never queue behind other to_thread users.
-        self._commit_limiter = trio.CapacityLimiter(1)
+        self._commit_thread = CommitThread(f"dynacore-commit:{self.path.name}")
         try:
             self._env = lmdb.open(
                 str(self.path),
@@ -376,9 +437,7 @@ class LmdbEngine:
             await trio.lowlevel.checkpoint()
         else:
             max_bytes = self._committer.config.max_batch_bytes
-            taken, error = await trio.to_thread.run_sync(
-                self._commit_sync, batch, max_bytes, limiter=self._commit_limiter
-            )
+            taken, error = await self._commit_thread.run(self._commit_sync, batch, max_bytes)
         if error is None:
             return taken, True
         for request in batch[:taken]:
@@ -436,7 +495,10 @@ class LmdbEngine:
             closing_here = not self._closed
             self._closed = True
         if closing_here:
-            await trio.to_thread.run_sync(self._close_env, limiter=self._commit_limiter)
+            try:
+                await self._commit_thread.run(self._close_env)
+            finally:
+                self._commit_thread.stop()
             self._env_closed.set()
         await self._env_closed.wait()
 

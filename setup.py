@@ -15,7 +15,7 @@ import shutil
 from setuptools import setup
 from setuptools_rust import Binding, RustExtension
 
-TWINS = ("ring", "versions", "merkle", "wire")
+TWINS = ("ring", "versions", "merkle", "wire", "localread")
 
 
 def _stage_pxd_files() -> str:

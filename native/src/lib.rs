@@ -5,6 +5,7 @@
 //! is exposed as a submodule (`dynacore._native.ring`, ...) with exactly the API of its pure-Python
 //! twin in python/dynacore/core/. Errors are raised as the classes of `dynacore.errors`.
 
+pub mod localread;
 pub mod merkle;
 pub mod ring;
 pub mod versions;
@@ -1751,6 +1752,234 @@ mod bindings {
     //
     //
 
+    // ===================== localread bindings =====================
+
+    pub fn register_localread(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add_class::<localread_py::FencedReader>()?;
+        m.add_function(wrap_pyfunction!(localread_py::classify, m)?)?;
+        m.add("FLAGS_OFFSET", crate::localread::FLAGS_OFFSET)?;
+        m.add("PLAIN_MARKER_SIZE", crate::localread::PLAIN_MARKER_SIZE)?;
+        Ok(())
+    }
+
+    /// dynacore._native.localread: the Python face of crate::localread, with the API of
+    /// core/localread.py. `FencedReader.read_key` is the embedded cache's local get: the key,
+    /// the fence, one short LMDB read transaction through py-lmdb's own objects, and the decode,
+    /// in one call.
+    mod localread_py {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::time::{Duration, Instant};
+
+        use pyo3::exceptions::{PyTimeoutError, PyTypeError, PyValueError};
+        use pyo3::ffi;
+        use pyo3::intern;
+        use pyo3::prelude::*;
+        use pyo3::types::{PyBool, PyBytes, PyList, PyString};
+
+        use crate::localread::{self as core, Stored};
+
+        pyo3::import_exception!(dynacore.errors, StorageClosed);
+        pyo3::import_exception!(dynacore.errors, VersionError);
+
+        const CLOSE_POLL: Duration = Duration::from_micros(100);
+
+        /// `callable(*args)` through the vectorcall protocol (no argument tuple to build).
+        fn vectorcall<'py>(
+            py: Python<'py>,
+            callable: &Py<PyAny>,
+            args: &[*mut ffi::PyObject],
+        ) -> PyResult<Bound<'py, PyAny>> {
+            // SAFETY: the GIL is held (py); every pointer in args is a live object borrowed from
+            // the caller for the length of the call; the result is a new reference or NULL with
+            // an exception set, which from_owned_ptr_or_err turns into Err.
+            unsafe {
+                let result = ffi::PyObject_Vectorcall(
+                    callable.as_ptr(),
+                    args.as_ptr(),
+                    args.len(),
+                    std::ptr::null_mut(),
+                );
+                Bound::from_owned_ptr_or_err(py, result)
+            }
+        }
+
+        fn to_python<'py>(py: Python<'py>, stored: Stored<'_>) -> PyResult<Bound<'py, PyAny>> {
+            Ok(match stored {
+                Stored::Plain(data) => PyBytes::new(py, data).into_any(),
+                Stored::Values(values) => {
+                    PyList::new(py, values.into_iter().map(|v| PyBytes::new(py, v)))?.into_any()
+                }
+            })
+        }
+
+        fn check_header(header_size: usize) -> PyResult<()> {
+            if header_size < core::FLAGS_OFFSET + core::PLAIN_MARKER_SIZE {
+                return Err(PyValueError::new_err(format!(
+                    "header_size {header_size} does not cover the flags and the expiry"
+                )));
+            }
+            Ok(())
+        }
+
+        fn classify_bytes<'py>(
+            found: &Bound<'py, PyAny>,
+            header_size: usize,
+            tag: u8,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            let set = found
+                .cast::<PyBytes>()
+                .map_err(|_| PyTypeError::new_err("a version set must be bytes"))?;
+            let stored = core::classify(set.as_bytes(), header_size, tag)
+                .map_err(|e| VersionError::new_err(e.0))?;
+            to_python(found.py(), stored)
+        }
+
+        /// A set's plain data, or else every value of the set (see core/localread.py).
+        #[pyfunction]
+        pub fn classify<'py>(
+            set_bytes: &Bound<'py, PyAny>,
+            header_size: usize,
+            tag: u8,
+        ) -> PyResult<Bound<'py, PyAny>> {
+            check_header(header_size)?;
+            classify_bytes(set_bytes, header_size, tag)
+        }
+
+        /// Reads of one LMDB database from any thread, fenced against close.
+        #[pyclass(module = "dynacore._native.localread", name = "FencedReader", frozen)]
+        pub struct FencedReader {
+            begin: Py<PyAny>,
+            db: Py<PyAny>,
+            get: Py<PyAny>, // the transaction type's unbound `get`
+            header_size: usize,
+            tag: u8,
+            prefix: Vec<u8>,
+            max_stored_bytes: usize,
+            closed: AtomicBool,
+            inflight: AtomicUsize,
+        }
+
+        /// One read in flight; counted down when the read ends, however it ends.
+        struct InFlight<'a>(&'a AtomicUsize);
+
+        impl Drop for InFlight<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+
+        impl FencedReader {
+            fn read_stored<'py>(
+                &self,
+                py: Python<'py>,
+                key: &Bound<'py, PyAny>,
+            ) -> PyResult<Option<Bound<'py, PyAny>>> {
+                self.inflight.fetch_add(1, Ordering::SeqCst);
+                let _in_flight = InFlight(&self.inflight);
+                if self.closed.load(Ordering::SeqCst) {
+                    return Err(StorageClosed::new_err("the store is closed"));
+                }
+                let txn = vectorcall(py, &self.begin, &[self.db.as_ptr()])?;
+                let found = vectorcall(py, &self.get, &[txn.as_ptr(), key.as_ptr()])?;
+                drop(txn); // aborts the read transaction
+                if found.is_none() {
+                    return Ok(None);
+                }
+                classify_bytes(&found, self.header_size, self.tag).map(Some)
+            }
+        }
+
+        #[pymethods]
+        impl FencedReader {
+            #[new]
+            #[pyo3(signature = (begin, db, header_size, tag, prefix = None, max_stored_bytes = 0))]
+            fn new(
+                begin: Bound<'_, PyAny>,
+                db: Bound<'_, PyAny>,
+                header_size: usize,
+                tag: u8,
+                prefix: Option<Vec<u8>>,
+                max_stored_bytes: usize,
+            ) -> PyResult<Self> {
+                if !begin.is_callable() {
+                    return Err(PyTypeError::new_err("begin must be callable"));
+                }
+                check_header(header_size)?;
+                let get = begin
+                    .call1((&db,))?
+                    .get_type()
+                    .getattr(intern!(begin.py(), "get"))?;
+                Ok(FencedReader {
+                    begin: begin.unbind(),
+                    db: db.unbind(),
+                    get: get.unbind(),
+                    header_size,
+                    tag,
+                    prefix: prefix.unwrap_or_default(),
+                    max_stored_bytes,
+                    closed: AtomicBool::new(false),
+                    inflight: AtomicUsize::new(0),
+                })
+            }
+
+            #[getter]
+            fn closed(&self) -> bool {
+                self.closed.load(Ordering::SeqCst)
+            }
+
+            fn read<'py>(
+                &self,
+                py: Python<'py>,
+                key: &Bound<'py, PyAny>,
+            ) -> PyResult<Option<Bound<'py, PyAny>>> {
+                self.read_stored(py, key)
+            }
+
+            fn read_key<'py>(
+                &self,
+                py: Python<'py>,
+                key: &Bound<'py, PyAny>,
+            ) -> PyResult<Option<Bound<'py, PyAny>>> {
+                let raw: &[u8] = if let Ok(b) = key.cast_exact::<PyBytes>() {
+                    b.as_bytes()
+                } else if let Ok(s) = key.cast_exact::<PyString>() {
+                    s.to_str()?.as_bytes()
+                } else {
+                    return Ok(Some(PyBool::new(py, false).to_owned().into_any()));
+                };
+                if self.prefix.len() + raw.len() > self.max_stored_bytes {
+                    return Ok(Some(PyBool::new(py, false).to_owned().into_any()));
+                }
+                let stored = PyBytes::new_with(py, self.prefix.len() + raw.len(), |buf| {
+                    buf[..self.prefix.len()].copy_from_slice(&self.prefix);
+                    buf[self.prefix.len()..].copy_from_slice(raw);
+                    Ok(())
+                })?;
+                self.read_stored(py, stored.as_any())
+            }
+
+            #[pyo3(signature = (timeout_s = 10.0))]
+            fn close(&self, py: Python<'_>, timeout_s: f64) -> PyResult<()> {
+                self.closed.store(true, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_secs_f64(timeout_s.max(0.0));
+                while self.inflight.load(Ordering::SeqCst) > 0 {
+                    if Instant::now() >= deadline {
+                        return Err(PyTimeoutError::new_err(format!(
+                            "a read did not finish within {timeout_s} s"
+                        )));
+                    }
+                    py.detach(|| std::thread::sleep(CLOSE_POLL));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    // ===================== end localread bindings =====================
+    //
+    //
+    //
+
     fn add_sub(
         parent: &Bound<'_, PyModule>,
         name: &str,
@@ -1769,6 +1998,7 @@ mod bindings {
         add_sub(m, "versions", register_versions)?;
         add_sub(m, "merkle", register_merkle)?;
         add_sub(m, "wire", register_wire)?;
+        add_sub(m, "localread", register_localread)?;
         Ok(())
     }
 }

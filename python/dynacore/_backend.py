@@ -1,6 +1,6 @@
 """The one place that imports compiled code, and the DYNACORE_BACKEND switch.
 
-Three backends implement the same four primitives (ring, versions, merkle, wire):
+Three backends implement the same five primitives (ring, versions, merkle, wire, localread):
 - "rust":   the PyO3 extension dynacore._native (submodules _native.ring, ...);
 - "cython": the pure-Python twins compiled by Cython (dynacore._cy.ring, ...);
 - "python": the pure-Python twins themselves (dynacore.core.ring, ...).
@@ -22,19 +22,20 @@ from typing import TYPE_CHECKING
 from dynacore.errors import BackendUnavailable, ConfigError
 
 BACKENDS: tuple[str, ...] = ("rust", "cython", "python")  # fastest first
-PRIMITIVES: tuple[str, ...] = ("ring", "versions", "merkle", "wire")
+PRIMITIVES: tuple[str, ...] = ("ring", "versions", "merkle", "wire", "localread")
 ENV_VAR = "DYNACORE_BACKEND"
 
 
 @dataclass(frozen=True)
 class Backend:
-    """The four primitive modules of one backend, each with the API of its twin in core/."""
+    """The five primitive modules of one backend, each with the API of its twin in core/."""
 
     name: str
     ring: ModuleType
     versions: ModuleType
     merkle: ModuleType
     wire: ModuleType
+    localread: ModuleType
 
 
 def _import_primitives(name: str) -> dict[str, ModuleType]:
@@ -99,12 +100,13 @@ backend: str = _current.name
 if TYPE_CHECKING:
     # Type checkers see the pure twins; at run time these are the selected backend's modules,
     # which have the same API (the parity tests check it).
-    from dynacore.core import merkle, ring, versions, wire
+    from dynacore.core import localread, merkle, ring, versions, wire
 else:
     ring = _current.ring
     versions = _current.versions
     merkle = _current.merkle
     wire = _current.wire
+    localread = _current.localread
 
 __all__ = [
     "BACKENDS",
@@ -112,6 +114,7 @@ __all__ = [
     "available",
     "backend",
     "load",
+    "localread",
     "merkle",
     "ring",
     "select",

@@ -259,7 +259,11 @@ class AsyncCache:
         self._codec = settings.codec
         self._key_type = settings.key_type
         self._join_timeout_s = settings.join_timeout_s
-        self.fence = ReadFence()
+        self.fence = ReadFence(
+            node.engine,
+            objects.object_key(settings.namespace, b""),
+            node.config.limits.key_size_bytes,
+        )
         self.reader = LocalReader()
         self.reader._init_reader(
             node,

@@ -12,12 +12,12 @@ cannot serve goes to `_remote_get`, which Cache implements through its node's lo
 from __future__ import annotations
 
 import enum
-import time
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from dynacore import objects
-from dynacore._backend import versions
+from dynacore._backend import localread, versions
+from dynacore.cluster.antientropy import ObservedEngine
 from dynacore.cluster.view import ClusterView
 from dynacore.config import QuorumSpec, resolve_quorum
 from dynacore.coordinator import Coordinator
@@ -27,12 +27,10 @@ from dynacore.errors import CacheClosed, KeyTooLarge, SerializationError, Storag
 from dynacore.membership import Membership
 from dynacore.node import Node
 from dynacore.serializers import TAG_BYTES, TAG_COUNTER, ValueCodec
-from dynacore.storage import LmdbEngine
+from dynacore.storage import Engine, LmdbEngine
 
 DATA_DB: Final = "data"
 FENCE_TIMEOUT_S: Final = 10.0  # a read transaction takes microseconds; this is a safety net
-_HEADER_BYTES: Final = objects.HEADER_SIZE  # the envelope header: timestamp, flags, expiry
-_LIVE_FOREVER: Final = bytes(9)  # envelope flags 0 (no tombstone) and expiry 0 (never)
 _TAG_COUNTER_BYTE: Final = bytes((TAG_COUNTER,))
 
 Resolver = Callable[[list[Any]], Any]
@@ -76,20 +74,26 @@ class Route(NamedTuple):
 
 class ReadFence:
     """Lets fast-path reads in any thread finish before the store closes, and refuses new ones
-    after, without a lock on the read path: a reader appends to `inflight`, then checks
-    `closed`; `close` sets `closed`, then waits for `inflight` to drain. list.append/pop are
-    atomic under the GIL, so either the reader sees `closed` or `close` sees the reader."""
+    after: the LMDB store's `FencedReader` (localread) when the node's store is LMDB (`reader`),
+    else nothing to fence (the memory engine's reads go through the engine, which refuses them
+    once closed). `cut`: stored keys up to this size take the fast path (-1: none do)."""
 
-    def __init__(self) -> None:
-        self.closed = False
-        self.inflight: list[None] = []
+    def __init__(self, engine: Engine, prefix: bytes, max_key_bytes: int) -> None:
+        self.reader: localread.FencedReader | None = None
+        self.cut = -1
+        base = engine
+        while isinstance(base, ObservedEngine):  # (anti-entropy watches writes; reads pass)
+            base = base.inner
+        if isinstance(base, LmdbEngine):
+            env, dbi, cut = base.read_handle(DATA_DB)
+            self.cut = min(cut, len(prefix) + max_key_bytes)
+            self.reader = localread.FencedReader(
+                env.begin, dbi, objects.HEADER_SIZE, TAG_BYTES, prefix, self.cut
+            )
 
     def close(self) -> None:
-        self.closed = True
-        deadline = time.monotonic() + FENCE_TIMEOUT_S
-        while self.inflight:
-            assert time.monotonic() < deadline, "a fast-path read did not finish"
-            time.sleep(0.0001)
+        if self.reader is not None:
+            self.reader.close(FENCE_TIMEOUT_S)
 
 
 class LocalReader:
@@ -118,13 +122,16 @@ class LocalReader:
         self._values = versions.values
         self._route: Route = Route(None, False, False, b"", _no_partition, b"")
         self._fence = fence
-        self._inflight = fence.inflight
-        self._env: Any = None  # LMDB: the fast path runs its own read transactions
-        self._dbi: Any = None
-        self._fast_max_bytes = -1  # stored keys up to this size take the LMDB fast path
-        if isinstance(self._engine, LmdbEngine):
-            self._env, self._dbi, cut = self._engine.read_handle(DATA_DB)
-            self._fast_max_bytes = min(cut, len(self._prefix) + self._max_key_bytes)
+        reader = fence.reader
+        self._read = None if reader is None else reader.read
+        self._read_key = None if reader is None else reader.read_key
+        self._fast_max_bytes = fence.cut  # stored keys up to this size take the LMDB fast path
+
+    @property
+    def reads_lmdb_directly(self) -> bool:
+        """True when local reads run their own LMDB read transaction in the calling thread (an
+        LMDB store); False on the memory engine, where they go through the engine."""
+        return self._read is not None
 
     def _remote_get(self, key: object, default: Any, r: QuorumSpec | None) -> Any:
         """What `get` returns when the fast path does not apply (here: REMOTE)."""
@@ -181,40 +188,45 @@ class LocalReader:
         store; otherwise by `_remote_get`."""
         if r is not None:
             return self._remote_get(key, default, r)
-        kind = type(key)
-        if kind is str:
-            raw = key.encode()  # type: ignore[attr-defined]
-        elif kind is bytes:
-            raw = key
-        else:
-            raw = self.key_bytes(key)
-        stored = self._prefix + raw
         route = self._route
         if route[0] is not self._coordinator.membership:
             route = self._refresh(self._coordinator.membership)
-        if not route[1] and (not route[2] or not route[3][route[4](stored)]):
-            return self._remote_get(key, default, None)  # (it checks the key's size)
-        if len(stored) <= self._fast_max_bytes:  # LMDB, a key within the limit and the cut
-            inflight = self._inflight
-            inflight.append(None)
+        if route[1] and self._read_key is not None:  # every read is local, the store is LMDB
             try:
-                if self._fence.closed:
-                    raise CacheClosed("the cache is closed")
-                set_bytes = self._env.begin(self._dbi).get(stored)  # (db) aborts as it is freed
-            finally:
-                inflight.pop()
+                found = self._read_key(key)
+            except StorageClosed:
+                raise CacheClosed("the cache is closed") from None
+            if type(found) is bytes:
+                return found  # one live value of plain bytes: the common case
+            if found is None:
+                return default
+            if found is not False:
+                found = self.resolve_values(found)  # type: ignore[arg-type]
+                return default if found is MISSING else found
+        return self._get_slow(key, default, route)
+
+    def _get_slow(self, key: object, default: Any, route: Route) -> Any:
+        """`get` of a key the one-call path does not take: not every read is local, the memory
+        engine, a key of another type or past the LMDB cut."""
+        raw = self.key_bytes(key)
+        stored = self._prefix + raw
+        if not route[1] and (not route[2] or not route[3][route[4](stored)]):
+            return self._remote_get(key, default, None)
+        if len(stored) <= self._fast_max_bytes:  # LMDB, a key within the limit and the cut
+            try:
+                found = self._read(stored)  # type: ignore[misc]  # (set with _fast_max_bytes)
+            except StorageClosed:
+                raise CacheClosed("the cache is closed") from None
         else:
             set_bytes = self._read_engine(raw, stored)
-        if set_bytes is None:
+            if set_bytes is None:
+                return default
+            found = localread.classify(set_bytes, objects.HEADER_SIZE, TAG_BYTES)
+        if type(found) is bytes:
+            return found
+        if found is None:
             return default
-        raws = self._values(set_bytes)
-        if len(raws) == 1:
-            first = raws[0]
-            if first.startswith(_LIVE_FOREVER, 8) and len(first) > _HEADER_BYTES:
-                if first[_HEADER_BYTES] == TAG_BYTES:
-                    return first[_HEADER_BYTES + 1 :]
-                return self._codec.decode(first[_HEADER_BYTES:])
-        found = self.resolve_values(raws)
+        found = self.resolve_values(found)  # type: ignore[arg-type]
         return default if found is MISSING else found
 
     def _read_engine(self, raw: bytes, stored: bytes) -> bytes | None:

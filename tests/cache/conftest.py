@@ -42,10 +42,13 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture
-def cache(clock: ManualClock) -> Iterator[Cache]:
-    """A standalone in-memory cache on the manual clock."""
-    with Cache(clock=clock) as c:
+@pytest.fixture(params=["memory", "lmdb"])
+def cache(request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock) -> Iterator[Cache]:
+    """A standalone cache on the manual clock, on each engine: in memory (reads through the
+    engine) and on LMDB (local reads in one native call, localread.FencedReader)."""
+    data_dir = None if request.param == "memory" else tmp_path / "cache"
+    with Cache(data_dir, clock=clock, sync=False) as c:
+        assert c.reads_lmdb_directly is (data_dir is not None)
         yield c
 
 

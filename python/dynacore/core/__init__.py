@@ -1,4 +1,4 @@
-"""Pure-Python twins of the compiled hot paths: ring, versions, merkle, wire.
+"""Pure-Python twins of the compiled hot paths: ring, versions, merkle, wire, localread.
 
 No I/O and no clocks here. Each module is also compiled by Cython (as dynacore._cy.<name>) and has
 a Rust twin (dynacore._native.<name>) with the same API and the same results. Modules here import

@@ -85,7 +85,8 @@ class RunState:
     cpu_pids: list[int] = field(default_factory=list)  # server processes whose CPU is counted
     cpu_start: CpuSnapshot | None = None
     next_op: int = 0
-    latencies_ns: list[int] = field(default_factory=list)
+    latencies_ns: list[int] = field(default_factory=list)  # reads
+    update_latencies_ns: list[int] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     misses: int = 0
     last_done_ns: int = 0
@@ -125,7 +126,9 @@ async def worker(store: Store, state: RunState) -> None:
             continue
         done_ns = time.perf_counter_ns()
         if started_ns >= state.record_from_ns:
-            state.latencies_ns.append(done_ns - started_ns)
+            (state.latencies_ns if is_read else state.update_latencies_ns).append(
+                done_ns - started_ns
+            )
             state.last_done_ns = done_ns
 
 
@@ -168,7 +171,10 @@ def finish(state: RunState) -> ycsb.Summary:
     (the last in-flight ops finish just after the window: a slight overcount)."""
     cpu_end = CpuSnapshot.take(state.cpu_pids)
     duration_s = max(state.last_done_ns - state.record_from_ns, 1) / 1e9
-    summary = ycsb.summarize(state.latencies_ns, duration_s, dict(state.errors), state.misses)
+    reads, updates = state.latencies_ns, state.update_latencies_ns
+    summary = ycsb.summarize(
+        reads + updates, duration_s, dict(state.errors), state.misses, reads, updates
+    )
     start = state.cpu_start
     if start is None or not summary.ops:
         return summary

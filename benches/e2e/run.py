@@ -44,7 +44,8 @@ def ratio(result: Result, results: Sequence[Result]) -> float:
 def table(results: Sequence[Result], markdown: bool = False) -> str:
     """The side-by-side table: one row per (workload, implementation)."""
     header = [
-        "workload", "impl", "ops/s", "p50 ms", "p95 ms", "p99 ms", "x redis",
+        "workload", "impl", "ops/s", "p50 ms", "p95 ms", "p99 ms", "read p99", "update p99",
+        "x redis",
         "server CPU µs/op", "client CPU µs/op", "errors",
     ]  # fmt: skip
     rows = []
@@ -59,6 +60,8 @@ def table(results: Sequence[Result], markdown: bool = False) -> str:
                 f"{s.p50_ms:.2f}",
                 f"{s.p95_ms:.2f}",
                 f"{s.p99_ms:.2f}",
+                f"{s.read_p99_ms:.2f}",
+                f"{s.update_p99_ms:.2f}",
                 f"{ratio(result, results):.2f}",
                 f"{s.server_cpu_us_per_op:.0f}",
                 f"{s.driver_cpu_us_per_op:.0f}",
@@ -181,7 +184,8 @@ def run_all(config: BenchConfig, work_dir: Path, profile_dir: Path | None = None
                 machine_load = result.info["loadavg_1m_after"]
                 print(
                     f"[{impl}] {workload}: {s.ops_per_s:,.0f} ops/s p50 {s.p50_ms:.2f} ms "
-                    f"p99 {s.p99_ms:.2f} ms errors {s.errors} misses {s.misses} "
+                    f"p99 {s.p99_ms:.2f} ms (reads {s.read_p99_ms:.2f}, updates "
+                    f"{s.update_p99_ms:.2f}) errors {s.errors} misses {s.misses} "
                     f"(machine load {machine_load:.1f} on {os.cpu_count()} cores)",
                     file=sys.stderr,
                 )

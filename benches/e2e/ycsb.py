@@ -177,6 +177,9 @@ class Summary:
     # process, and the servers' processes together; nan when not measured
     driver_cpu_us_per_op: float = math.nan
     server_cpu_us_per_op: float = math.nan
+    # p99 of the reads and of the updates alone (nan when the run had none of that kind)
+    read_p99_ms: float = math.nan
+    update_p99_ms: float = math.nan
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,8 +194,11 @@ def summarize(
     duration_s: float,
     errors: dict[str, int] | None = None,
     misses: int = 0,
+    read_latencies_ns: list[int] | None = None,
+    update_latencies_ns: list[int] | None = None,
 ) -> Summary:
-    """Summarize every recorded latency (nanoseconds) of a run that lasted `duration_s`."""
+    """Summarize every recorded latency (nanoseconds) of a run that lasted `duration_s`; the
+    reads' and the updates' latencies, when given, also get a p99 of their own."""
     kinds = dict(errors or {})
     if not latencies_ns:
         nan = float("nan")
@@ -214,4 +220,12 @@ def summarize(
         p99_ms=ms(percentile(ordered, 0.99)),
         max_ms=ms(ordered[-1]),
         error_kinds=kinds,
+        read_p99_ms=_p99_ms(read_latencies_ns),
+        update_p99_ms=_p99_ms(update_latencies_ns),
     )
+
+
+def _p99_ms(latencies_ns: list[int] | None) -> float:
+    if not latencies_ns:
+        return math.nan
+    return round(percentile(sorted(latencies_ns), 0.99) / 1e6, 3)

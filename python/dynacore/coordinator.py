@@ -152,8 +152,9 @@ class _Acks:
         assert self.pending >= 0
         if (self.count >= self.required or self.pending == 0) and not self.settled.is_set():
             self.settled.set()
-            if self.on_settled is not None:
-                self.on_settled()
+            on_settled, self.on_settled = self.on_settled, None  # (it refers back: a cycle)
+            if on_settled is not None:
+                on_settled()
 
     def outcome(self) -> QuorumNotMet | None:
         """None once w acked; else the error that says how many did."""
@@ -191,10 +192,12 @@ class _Gather:
         settling = len(self.replies) >= self.required or self.pending == 0
         if settling and not self.settled.is_set():
             self.settled.set()
-            if self.on_settled is not None:
-                self.on_settled()
+            on_settled, self.on_settled = self.on_settled, None  # (it refers back: a cycle)
+            if on_settled is not None:
+                on_settled()
         if self.pending == 0 and self.on_complete is not None:
-            self.on_complete(self.replies)
+            on_complete, self.on_complete = self.on_complete, None
+            on_complete(self.replies)
 
 
 def _report(

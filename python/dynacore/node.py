@@ -7,6 +7,7 @@ SIGTERM/SIGINT → clean stop).
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 import random
 import signal
@@ -414,9 +415,20 @@ def run_node_forever(config: NodeConfig, *, on_ready: Callable[[str], None] | No
     trio.run(_serve_until_signal, config, on_ready)
 
 
+def freeze_startup_heap() -> None:
+    """Move what a started node process holds (modules, classes, configuration: ~33k objects)
+    out of the cyclic collector's reach, after one collection of start-up garbage. A full
+    collection then walks only what the node allocated since: ~10 ms of CPU less per pass, a
+    pause that stalled every request in flight. Only for processes the node owns (`serve`): an
+    embedding program's heap is its own business."""
+    gc.collect()
+    gc.freeze()
+
+
 async def _serve_until_signal(config: NodeConfig, on_ready: Callable[[str], None] | None) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with open_node(config) as node:
+            freeze_startup_heap()
             if on_ready is not None:
                 on_ready(node.address)
             async for signum in signals:

@@ -129,3 +129,21 @@ def test_cli_cluster_command_runs_and_stops_cleanly_on_sigterm(tmp_path: Path) -
     rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, rest
     assert "exit codes [0, 0, 0]" in rest
+
+
+def test_a_cluster_restarted_on_new_ports_serves_its_data(tmp_path: Path) -> None:
+    """Every node stops, then starts on the same data with another port: the member list each
+    is started with says where the others are now; the addresses in the stored cluster state
+    are stale and must not win (they did: every request went to the old ports)."""
+    base = tmp_path / "cluster"
+    with LocalCluster(base, nodes_count=3, partitions=64, n=3) as before:
+        with Client(before.addresses[:1]) as writer:
+            writer.put_many({f"key-{i}": f"value-{i}" for i in range(100)}, w=3)
+        old_ports = set(before.addresses)
+    with LocalCluster(base, nodes_count=3, partitions=64, n=3) as after:
+        assert not old_ports & set(after.addresses)
+        with Client(after.addresses[2:]) as reader:
+            results = reader.get_many([f"key-{i}" for i in range(100)], r=3)
+            reader.put("new", "written after the restart", w=3)
+            assert reader.get("new", r=3).values == [b"written after the restart"]
+    assert [r.values for r in results] == [[f"value-{i}".encode()] for i in range(100)]

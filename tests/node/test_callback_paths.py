@@ -5,6 +5,7 @@ return what single reads would."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,3 +63,26 @@ async def test_batched_reads_return_every_replica_answer(tmp_path: Path) -> None
         assert sum(b.batched_reads for b in batchers if b is not None) > sum(
             b.batches for b in batchers if b is not None
         )
+
+
+async def test_requests_leave_no_reference_cycles(tmp_path: Path) -> None:
+    """A get or put on the callback paths frees its bookkeeping by reference counting: cyclic
+    garbage per request would make the collector's full passes frequent, and each one stalls
+    every request in flight (they were the nodes' latency tail)."""
+    async with open_cluster(tmp_path) as cluster, cluster.client() as client:
+        items = {b"c%03d" % i: b"v%d" % i for i in range(100)}
+        await client.put_many(items, w=3)
+        for key in items:  # warm every path (connections, batchers)
+            await client.get(key, r=2)
+        gc.collect()
+        gc.disable()
+        try:
+            for round_ in range(3):
+                for key, value in items.items():
+                    assert (await client.get(key, r=2)).values == [value]
+                await client.put_many({b"%d%s" % (round_, k): v for k, v in items.items()}, w=2)
+            unreachable = gc.collect()
+        finally:
+            gc.enable()
+        requests = 3 * 2 * len(items)
+        assert unreachable <= requests // 20, f"{unreachable} cyclic objects, {requests} requests"

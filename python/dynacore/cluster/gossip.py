@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -102,8 +102,10 @@ class Gossiper:
         config: GossipConfig,
         seeds: Sequence[str] = (),
         state: ClusterState | None = None,
+        book: Mapping[str, str] | None = None,
     ) -> None:
         self.node_id = node_id
+        self.book = dict(book or {})  # where this node reaches members (see ClusterView.of)
         self.address = ""  # the bound address, set by start()
         self.config = config
         self._store = store
@@ -273,11 +275,12 @@ class Gossiper:
         state = self._state
         if state is None:
             return []
-        return [
-            (node_id, member.address)
+        found = [
+            (node_id, self.book.get(node_id, member.address))
             for node_id, member in state.members.items()
-            if node_id != self.node_id and member.status in SERVING and advertised(member.address)
+            if node_id != self.node_id and member.status in SERVING
         ]
+        return [(node_id, address) for node_id, address in found if advertised(address)]
 
     def _heartbeat_targets(self) -> list[tuple[str, str]]:
         peers = self.peers()

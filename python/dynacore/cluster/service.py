@@ -21,7 +21,7 @@ from typing import Any
 import trio
 
 from dynacore.cluster import protocol
-from dynacore.cluster.gossip import GossipConfig, Gossiper, shares_ring_node
+from dynacore.cluster.gossip import GossipConfig, Gossiper, advertised, shares_ring_node
 from dynacore.cluster.handoff import Handoff, HandoffConfig, apply_batch
 from dynacore.cluster.health import DetectorHealth, make_detector
 from dynacore.cluster.protocol import TransfersReport
@@ -57,6 +57,18 @@ def initial_state(config: NodeConfig, membership: Membership | None = None) -> C
     return ClusterState.bootstrap(config.partitions, {config.node_id: config.listen}, n_val)
 
 
+def address_book(config: NodeConfig) -> dict[str, str]:
+    """Where this node reaches the other members of its static member list: the addresses it
+    was configured with win over the ones the members advertise by gossip (each node's list is
+    its own address book; port-0 placeholders are not addresses). Members that joined later
+    are reached where they advertise."""
+    return {
+        node_id: address
+        for node_id, address in config.members
+        if node_id != config.node_id and advertised(address)
+    }
+
+
 class ClusterService:
     """Membership for one node. Made by `open`, started by `start` inside the node's nursery."""
 
@@ -71,6 +83,7 @@ class ClusterService:
     ) -> None:
         self.config = config
         self.node_id = config.node_id
+        self._book = address_book(config)
         self._store = store
         self._rpc = rpc
         self._nursery: trio.Nursery | None = None
@@ -85,6 +98,7 @@ class ClusterService:
             config=GossipConfig(interval_s=interval_s),
             seeds=config.seeds,
             state=state,
+            book=self._book,
         )
         self.handoff = Handoff(
             node_id=config.node_id,
@@ -138,7 +152,9 @@ class ClusterService:
                 n=self.config.n,
                 namespaces=self.config.namespaces,
             )
-        return ClusterView.of(state, n=self.config.n, namespaces=self.config.namespaces)
+        return ClusterView.of(
+            state, n=self.config.n, namespaces=self.config.namespaces, book=self._book
+        )
 
     def _state_changed(self, state: ClusterState) -> None:
         self._refresh_view(state)
@@ -185,7 +201,7 @@ class ClusterService:
     async def _call_node(
         self, node_id: str, msg_type: int, fields: Sequence[Value], timeout_s: float
     ) -> list[Value]:
-        address = self._state().address_of(node_id)
+        address = self._book.get(node_id) or self._state().address_of(node_id)
         try:
             reply = await self._rpc.call(address, msg_type, fields, timeout_s)
         except UNREACHABLE:

@@ -26,10 +26,21 @@ class ClusterView(Membership):
 
     @classmethod
     def of(
-        cls, state: ClusterState, *, n: int, namespaces: Mapping[str, int] | None = None
+        cls,
+        state: ClusterState,
+        *,
+        n: int,
+        namespaces: Mapping[str, int] | None = None,
+        book: Mapping[str, str] | None = None,
     ) -> ClusterView:
-        """The view of `state` for replication factor `n` (and per-namespace factors)."""
-        addresses = {node_id: member.address for node_id, member in state.members.items()}
+        """The view of `state` for replication factor `n` (and per-namespace factors). `book`:
+        where this node reaches some members, over the addresses they advertise (a static
+        member list is the node's own address book: behind a proxy or a NAT, it may differ
+        from node to node)."""
+        book = book or {}
+        addresses = {
+            node_id: book.get(node_id, member.address) for node_id, member in state.members.items()
+        }
         return cls(
             ring=state.ring,
             addresses=addresses,

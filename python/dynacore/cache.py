@@ -14,13 +14,22 @@ by default, a delete included); counters (ints) merge instead. Values: bytes and
 int as a counter, anything else through the serializer (msgpack by default, never pickle unless
 asked), see serializers.py.
 
-Membership is static for now: a cache joins a cluster whose member list names it, either given
-as `members=` or learned from a seed (RING_GET). Iteration, len and clear cover the keys this
-member replicates (all keys when it is alone or n covers every member).
+Membership: a cache is a full member that takes partitions. With `members=` it is one of a
+static cluster (every member lists the same members). With `seeds=` it joins a running cluster
+by gossip: its node starts unjoined, learns the cluster from a seed, has the claimant stage its
+join and commit it (at once, with whatever else is staged there, like riak's one-step join),
+and serves once the partitions it gains are handed off to it (bounded by `join_timeout_s`). A
+member that restarts with its data_dir resumes from its persisted cluster state. Closing a
+cache only stops it, like a node going down (hinted handoff and anti-entropy cover the gap);
+`close(leave=True)` / `AsyncCache.leave()` first hands its partitions to the others. Local
+reads follow the node's current cluster view (read owners during a handoff). Iteration, len
+and clear cover the keys this member stores (all keys when it is alone or n covers every
+member).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -49,7 +58,10 @@ from dynacore._backend import versions
 from dynacore.cacheread import DATA_DB, MISSING, REMOTE, LocalReader, ReadFence, Resolver
 from dynacore.cachewrite import OP_DELETE, OP_INCR, OP_SET, WriteRequest
 from dynacore.client import AsyncClient
+from dynacore.cluster.service import ClusterService
+from dynacore.cluster.state import ClusterState, Status
 from dynacore.config import (
+    DEFAULT_GOSSIP_INTERVAL_S,
     NodeConfig,
     QuorumSpec,
     check_quorum_spec,
@@ -59,9 +71,13 @@ from dynacore.coordinator import Clock, exception_leaves
 from dynacore.counters import fits as counter_fits
 from dynacore.errors import (
     CacheClosed,
+    ClusterError,
     ConfigError,
+    ConnectionLost,
+    RequestTimeout,
     SerializationError,
     StorageError,
+    Unavailable,
 )
 from dynacore.limits import DEFAULT_N, DEFAULT_PARTITIONS, Limits
 from dynacore.membership import Membership
@@ -80,6 +96,8 @@ MAX_TTL_S: Final = 10 * 365 * 24 * 3600.0
 MAX_CONCURRENT_BATCH: Final = 64  # requests in flight for one get_many / set_many / clear
 SCAN_CHUNK_KEYS: Final = 1024  # keys read per scan step of iteration and clear
 MEMO_PREFIX: Final = b"memo:"
+DEFAULT_JOIN_TIMEOUT_S: Final = 120.0  # joining by seeds, or leaving: handoff included
+MAX_JOIN_TIMEOUT_S: Final = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +128,12 @@ class CacheSettings:
     clock: Clock | None
     transport: Transport | None
     rng: random.Random | None
+    join_timeout_s: float
+
+    @property
+    def joins(self) -> bool:
+        """True when the cache joins a running cluster by gossip (seeds, no static members)."""
+        return bool(self.seeds) and not self.config.members
 
 
 def cache_settings(
@@ -133,6 +157,8 @@ def cache_settings(
     key_type: type[str] | type[bytes] = str,
     transport: Transport | None = None,
     rng: random.Random | None = None,
+    join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
+    gossip_interval_s: float = DEFAULT_GOSSIP_INTERVAL_S,
 ) -> CacheSettings:
     """Check every option of Cache / open_cache; ConfigError (or SerializationError) when one is
     wrong. See `Cache` for their meaning."""
@@ -148,6 +174,7 @@ def cache_settings(
         raise ConfigError(f"resolver must be callable, got {type(resolver).__name__}")
     if key_type not in (str, bytes):
         raise ConfigError(f"key_type is str or bytes, got {key_type!r}")
+    _check_timeout("join_timeout_s", join_timeout_s)
     config = NodeConfig(
         node_id=node_id,
         listen=listen,
@@ -160,6 +187,7 @@ def cache_settings(
         cluster_secret=cluster_secret,
         sync=sync,
         limits=limits if limits is not None else Limits(),
+        gossip_interval_s=gossip_interval_s,
     )
     if namespace:
         objects.object_key(namespace, b"")  # ConfigError when too long
@@ -175,7 +203,19 @@ def cache_settings(
         clock=clock,
         transport=transport,
         rng=rng,
+        join_timeout_s=float(join_timeout_s),
     )
+
+
+def _check_timeout(name: str, timeout_s: object) -> None:
+    if (
+        isinstance(timeout_s, bool)
+        or not isinstance(timeout_s, int | float)
+        or not 0 < timeout_s <= MAX_JOIN_TIMEOUT_S
+    ):
+        raise ConfigError(
+            f"{name} must be seconds in (0, {MAX_JOIN_TIMEOUT_S:.0f}], got {timeout_s!r}"
+        )
 
 
 def _members(members: Sequence[tuple[str, str]] | str | None) -> tuple[tuple[str, str], ...]:
@@ -218,6 +258,7 @@ class AsyncCache:
         self._w = settings.w
         self._codec = settings.codec
         self._key_type = settings.key_type
+        self._join_timeout_s = settings.join_timeout_s
         self.fence = ReadFence()
         self.reader = LocalReader()
         self.reader._init_reader(
@@ -246,6 +287,16 @@ class AsyncCache:
     def address(self) -> str:
         """The "host:port" this member listens on."""
         return self._node.address
+
+    async def leave(self, timeout_s: float | None = None) -> None:
+        """Leave the cluster gracefully: this member's leave is staged and committed at the
+        claimant, and this returns once its partitions are handed off to the remaining members
+        (Unavailable after timeout_s, default join_timeout_s; ClusterError when it cannot
+        leave, e.g. as the last member). The cache still answers, through the others, until
+        the block ends."""
+        timeout = self._join_timeout_s if timeout_s is None else timeout_s
+        _check_timeout("timeout_s", timeout)
+        await leave_cluster(self._node, timeout)
 
     # -- reads -------------------------------------------------------------------------------------
 
@@ -544,8 +595,9 @@ def _next_prefix(prefix: bytes) -> bytes | None:
 # -- running a cache -------------------------------------------------------------------------------
 
 
-async def _seed_view(settings: CacheSettings) -> Membership:
-    """The static cluster view learned from a seed; this cache must be one of its members."""
+async def _cluster_view(settings: CacheSettings) -> Membership:
+    """The view of the cluster at the seeds (RING_GET from the first that answers): its Q, n
+    and namespaces, which this member adopts."""
     config = settings.config
     async with AsyncClient(
         list(settings.seeds),
@@ -554,39 +606,188 @@ async def _seed_view(settings: CacheSettings) -> Membership:
         transport=settings.transport,
         client_id=config.node_id,
     ) as client:
-        view = client.membership
-    if config.node_id not in view.addresses:
-        raise ConfigError(
-            f"{config.node_id!r} is not a member of the cluster at {list(settings.seeds)} "
-            f"(members: {sorted(view.addresses)}); until gossip membership lands, a cache joins "
-            "by being listed in the cluster's --members"
-        )
-    return view
+        return client.membership
 
 
 def _with_view(settings: CacheSettings, view: Membership) -> CacheSettings:
-    """The settings with the member list, address, Q and n of a learned cluster view."""
-    config = settings.config
-    address = view.address_of(config.node_id)
-    if config.listen not in (DEFAULT_CACHE_LISTEN, address):
-        raise ConfigError(f"the cluster lists {config.node_id} at {address}, not {config.listen}")
+    """The settings with the Q, n and namespaces of the cluster this cache joins."""
     namespaces = dict(view.namespaces)
     if settings.namespace and settings.namespace not in namespaces:
         raise ConfigError(f"the cluster has no namespace {settings.namespace!r}")
-    new_config = NodeConfig(
-        node_id=config.node_id,
-        listen=address,
-        data_dir=config.data_dir,
-        seeds=config.seeds,
-        members=tuple(sorted(view.addresses.items())),
-        partitions=view.ring.q,
-        n=view.n,
-        namespaces=namespaces,
-        cluster_secret=config.cluster_secret,
-        sync=config.sync,
-        limits=config.limits,
+    config = dataclasses.replace(
+        settings.config, partitions=view.ring.q, n=view.n, namespaces=namespaces
     )
-    return CacheSettings(**{**settings.__dict__, "config": new_config})
+    return dataclasses.replace(settings, config=config)
+
+
+# -- joining and leaving by gossip -------------------------------------------------------------
+# A cache that joins runs the steps an operator would (join, commit, wait for the transfers);
+# every wait is for a change of the gossiped state, so a handoff already in progress, or a
+# concurrent change, only delays it. The caller bounds the whole with a timeout.
+
+_UNREACHABLE: Final = (ConnectionLost, RequestTimeout, OSError, Unavailable)
+
+
+def _placed(state: ClusterState | None, node_id: str) -> bool:
+    """True when `node_id` is in the ring or in the pending ring of `state`."""
+    if state is None:
+        return False
+    return node_id in state.ring.nodes or (
+        state.pending is not None and node_id in state.pending.nodes
+    )
+
+
+def _joined(state: ClusterState | None, node_id: str) -> bool:
+    """True once the partitions the join gives `node_id` are handed off to it."""
+    if state is None:
+        return False
+    if state.pending is None:
+        return node_id in state.ring.nodes
+    if node_id not in state.pending.nodes:
+        return False
+    return all(t.confirmed for t in state.transfers() if node_id in t.targets)
+
+
+def _leave_committed(state: ClusterState | None, node_id: str) -> bool:
+    member = None if state is None else state.members.get(node_id)
+    if state is None or member is None or node_id in state.staged_leaves:
+        return False
+    return member.status in (Status.LEAVING, Status.EXITING)
+
+
+def _left(state: ClusterState | None, node_id: str) -> bool:
+    member = None if state is None else state.members.get(node_id)
+    return member is not None and member.status is Status.EXITING
+
+
+async def _next_change(cluster: ClusterService) -> None:
+    """Return at the next change of the gossiped state, or after one gossip interval."""
+    with trio.move_on_after(cluster.config.gossip_interval_s):
+        await cluster.gossiper.wait_changed()
+
+
+async def _wait_for(cluster: ClusterService, done: Callable[[ClusterState | None], bool]) -> None:
+    while not done(cluster.gossiper.state):
+        await _next_change(cluster)
+
+
+async def _stage_join(cluster: ClusterService, seeds: Sequence[str]) -> None:
+    """Have the claimant stage this node's join, through the first seed that answers. A seed
+    whose ring has this node already, at this node's address, is simply adopted (a member
+    that restarted without its data resumes its place); at another address it is refused
+    (ClusterError: the node id belongs to another member)."""
+    errors: list[str] = []
+    for seed in seeds:
+        try:
+            pulled = await cluster.gossiper.pull(seed)
+            if pulled is None or not _placed(pulled, cluster.node_id):
+                await cluster.join(seed)
+                return
+        except _UNREACHABLE as exc:
+            errors.append(f"{seed}: {exc}")
+            continue
+        address = pulled.address_of(cluster.node_id)
+        if address != cluster.gossiper.address:
+            raise ClusterError(
+                f"{cluster.node_id!r} is a ring member of the cluster at {seed} already, at "
+                f"{address}: give this cache another node_id (or restart it at that address)"
+            )
+        await cluster.gossiper.adopt(pulled)
+        return
+    raise Unavailable(f"no seed took the join of {cluster.node_id}: {'; '.join(errors)}")
+
+
+async def _retry_change(cluster: ClusterService, staged: Callable[[ClusterState], bool]) -> bool:
+    """After a ClusterError from staging or committing: True when it came from a concurrent
+    change (a handoff now pending, or our change still staged) and is worth another try."""
+    if cluster.gossiper.state is None:
+        return False
+    state = await cluster.refresh_from_claimant()
+    return state.pending is not None or staged(state)
+
+
+async def _join_committed(cluster: ClusterService, seeds: Sequence[str]) -> None:
+    """Stage this node's join and commit it, waiting out any handoff in progress."""
+    me = cluster.node_id
+    while not _placed(cluster.gossiper.state, me):
+        state = cluster.gossiper.state
+        if state is not None and state.pending is not None:
+            await _next_change(cluster)  # changes wait for the handoff in progress
+            continue
+        try:
+            await _stage_join(cluster, seeds)
+            if not _placed(cluster.gossiper.state, me):
+                await cluster.commit()
+        except ClusterError as exc:
+            if not await _retry_change(cluster, lambda s: me in s.staged_joins):
+                raise
+            log.info("%s: the join met another change (%s); trying again", me, exc)
+            await _next_change(cluster)
+
+
+async def _leave_committed_at_claimant(cluster: ClusterService) -> None:
+    """Stage this node's leave and commit it, waiting out any handoff in progress."""
+    me = cluster.node_id
+    while not _leave_committed(cluster.gossiper.state, me):
+        state = cluster.gossiper.state
+        if state is not None and state.pending is not None:
+            await _next_change(cluster)
+            continue
+        try:
+            if me in (await cluster.stage_leave()).staged_leaves:
+                await cluster.commit()
+        except ClusterError as exc:
+            if not await _retry_change(cluster, lambda s: me in s.staged_leaves):
+                raise
+            log.info("%s: the leave met another change (%s); trying again", me, exc)
+            await _next_change(cluster)
+
+
+async def join_by_seeds(node: Node, seeds: Sequence[str], timeout_s: float) -> None:
+    """Make `node` a ring member of the cluster at `seeds` and return once the partitions it
+    gains are handed off to it (at once when its persisted state has it placed already).
+    Unavailable when no seed answers or the join does not finish within timeout_s (a join
+    that was committed stays: restart this member to finish it, or make it leave)."""
+    cluster = node.cluster
+    assert cluster is not None, "a node always runs its cluster service"
+    with trio.move_on_after(timeout_s):
+        await _join_committed(cluster, seeds)
+        await _wait_for(cluster, lambda state: _joined(state, cluster.node_id))
+        log.info("%s joined the cluster at %s", cluster.node_id, list(seeds))
+        return
+    raise _join_timeout(cluster.node_id, seeds, timeout_s)
+
+
+def _join_timeout(node_id: str, seeds: Sequence[str], timeout_s: float) -> Unavailable:
+    return Unavailable(
+        f"{node_id} did not finish joining the cluster at {list(seeds)} within {timeout_s} s "
+        "(if the join was committed, restart this member to finish it)"
+    )
+
+
+async def _tell_everyone(cluster: ClusterService) -> None:
+    """Push our state to every serving member until each has taken it: a leaver may hold the
+    last confirmations of its handoff, which the cluster needs before the leaver stops."""
+    while True:
+        peers = sorted(node_id for node_id, _ in cluster.gossiper.peers())
+        if await cluster.gossiper.announce() == peers:
+            return
+        await _next_change(cluster)
+
+
+async def leave_cluster(node: Node, timeout_s: float) -> None:
+    """Make `node` leave its cluster: stage and commit its leave, then return once its
+    partitions are handed off to the remaining members. Unavailable after timeout_s;
+    ClusterError when it cannot leave (e.g. it is the last member)."""
+    cluster = node.cluster
+    assert cluster is not None, "a node always runs its cluster service"
+    with trio.move_on_after(timeout_s):
+        await _leave_committed_at_claimant(cluster)
+        await _wait_for(cluster, lambda state: _left(state, cluster.node_id))
+        await _tell_everyone(cluster)
+        log.info("%s left the cluster", cluster.node_id)
+        return
+    raise Unavailable(f"{cluster.node_id} did not finish leaving within {timeout_s} s")
 
 
 @asynccontextmanager
@@ -600,10 +801,12 @@ async def open_cache_with(settings: CacheSettings) -> AsyncIterator[AsyncCache]:
             raise StorageError(
                 f"cannot create the cache's data directory {data_dir}: {exc}"
             ) from exc
-    view: Membership | None = None
-    if settings.seeds and not settings.config.members:
-        view = await _seed_view(settings)
-        settings = _with_view(settings, view)
+    deadline_s = trio.current_time() + settings.join_timeout_s
+    if settings.joins:
+        with trio.move_on_at(deadline_s):
+            settings = _with_view(settings, await _cluster_view(settings))
+        if trio.current_time() >= deadline_s:
+            raise _join_timeout(settings.config.node_id, settings.seeds, settings.join_timeout_s)
     started = False
     try:
         async with open_node(
@@ -611,8 +814,10 @@ async def open_cache_with(settings: CacheSettings) -> AsyncIterator[AsyncCache]:
             transport=settings.transport,
             clock=settings.clock,
             rng=settings.rng,
-            membership=view,
         ) as node:
+            if settings.joins:
+                remaining_s = max(0.0, deadline_s - trio.current_time())
+                await join_by_seeds(node, settings.seeds, remaining_s)
             started = True
             cache = AsyncCache(node, settings)
             try:
@@ -715,9 +920,13 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
 
     - data_dir: LMDB directory (None: the memory engine, gone with the process);
     - listen: "host:port" the member serves its peers on (port 0: any);
-    - seeds: addresses of cluster members to learn the (static) cluster from; members: the
-      static member list "id@host:port,..." or (id, address) pairs; node_id: this member's id
-      (required to join; "cache" when alone);
+    - seeds: addresses of members of a running cluster to join by gossip (the cache takes
+      its share of partitions, and the constructor returns once they are handed off to it,
+      within join_timeout_s; Q, n and namespaces come from the cluster); members: a static
+      member list "id@host:port,..." or (id, address) pairs instead; node_id: this member's
+      id (required in a cluster; "cache" when alone); listen must be reachable by the peers;
+    - join_timeout_s: bound on joining (and on `close(leave=True)`), default 120 s;
+    - gossip_interval_s: the pace of this member's gossip, heartbeats and handoff checks;
     - n, partitions, namespace, cluster_secret, sync, limits: as for `dynacore serve`;
     - r, w: the default read and write quorums (1 and 1: local reads, writes acknowledged
       after the local durable commit with replication in the background);
@@ -760,9 +969,18 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    def close(self) -> None:
+    def close(self, *, leave: bool = False, timeout_s: float | None = None) -> None:
         """Stop this member: its node, its thread, its store (idempotent). Writes already
-        acknowledged are durable; replication still in flight is left to read repair."""
+        acknowledged are durable; replication still in flight is left to read repair. By
+        default the member stays in the cluster, as a node that went down (its peers keep
+        hints and anti-entropy catches up when it returns); with leave=True it first leaves
+        gracefully, handing its partitions to the others (see AsyncCache.leave; the member
+        stops even when that fails, and the error is raised)."""
+        if leave and self._finalizer.alive:
+            try:
+                self._loop.call(self._async.leave, timeout_s)
+            finally:
+                self._finalizer()
         self._finalizer()
 
     def __enter__(self) -> Cache:

@@ -18,6 +18,7 @@ from typing import Any, Final, NamedTuple
 
 from dynacore import objects
 from dynacore._backend import versions
+from dynacore.cluster.view import ClusterView
 from dynacore.config import QuorumSpec, resolve_quorum
 from dynacore.coordinator import Coordinator
 from dynacore.counters import decode as decode_counter
@@ -51,15 +52,26 @@ def _no_partition(_stored: bytes) -> int:
     return 0
 
 
+def read_owners(view: Membership, partition: int, n: int) -> tuple[str, ...]:
+    """Where reads of `partition` go in `view`: a gossiped view's read owners (nobody while
+    it is unjoined), a static view's preference list."""
+    if isinstance(view, ClusterView):
+        state = view.state
+        return () if state is None else state.read_owners(partition, min(n, state.n_val))
+    return view.ring.preference_list(partition, n)
+
+
 class Route(NamedTuple):
-    """Where reads go under one cluster view: all_local (every partition is here and r=1),
-    fast (r resolves to 1), local[p] (1 when this member replicates partition p)."""
+    """Where reads go under one cluster view: owned[p] is 1 when this member is a read owner of
+    partition p, local[p] when it also serves such reads by itself (r resolves to 1 there);
+    all_local and fast: every / some partition is local."""
 
     view: Membership | None
     all_local: bool
     fast: bool
     local: bytes
     partition_of: Callable[[bytes], int]
+    owned: bytes
 
 
 class ReadFence:
@@ -104,7 +116,7 @@ class LocalReader:
         self._resolver = resolver
         self._codec = codec
         self._values = versions.values
-        self._route: Route = Route(None, False, False, b"", _no_partition)
+        self._route: Route = Route(None, False, False, b"", _no_partition, b"")
         self._fence = fence
         self._inflight = fence.inflight
         self._env: Any = None  # LMDB: the fast path runs its own read transactions
@@ -135,13 +147,18 @@ class LocalReader:
         return raw
 
     def _refresh(self, view: Membership) -> Route:
-        """Recompute which partitions this member replicates (the view changed). The route is
-        published as one object, so a reader in another thread never mixes two views."""
+        """Recompute which partitions this member serves reads of (the view changed): those it
+        is a read owner of in the current cluster view (during a handoff, a new owner once its
+        partition is confirmed, a leaving owner until then), never a stale static ring. The
+        route is published as one object, so a reader in another thread never mixes two views."""
         n = view.n_for(self._namespace)
-        ring = view.ring
-        local = bytes(self._node_id in ring.preference_list(p, n) for p in range(ring.q))
-        fast = resolve_quorum(self._r, min(n, len(view.nodes))) == 1
-        route = Route(view, fast and all(local), fast, local, ring.partition_of)
+        owners = [read_owners(view, p, n) for p in range(view.ring.q)]
+        owned = bytes(self._node_id in o for o in owners)
+        local = bytes(
+            bool(mine) and resolve_quorum(self._r, len(o)) == 1
+            for mine, o in zip(owned, owners, strict=True)
+        )
+        route = Route(view, all(local), any(local), local, view.ring.partition_of, owned)
         self._route = route
         return route
 
@@ -151,9 +168,10 @@ class LocalReader:
         return route if route.view is view else self._refresh(view)
 
     def replicates(self, key: bytes | str) -> bool:
-        """True when this member holds a replica of `key` (its reads can be local)."""
+        """True when this member is a read owner of `key` in the current cluster view (it holds
+        a full replica; with r=1 its reads are local)."""
         route = self._current_route()
-        return bool(route.local[route.partition_of(self._prefix + self.key_bytes(key))])
+        return bool(route.owned[route.partition_of(self._prefix + self.key_bytes(key))])
 
     # -- the fast path -----------------------------------------------------------------------------
 

@@ -82,10 +82,11 @@ async def write(
     w: QuorumSpec | None = None,
     forwarded: bool = False,
 ) -> WriteOutcome:
-    """Apply the write here when this node replicates the key, else forward it (an incr is
-    never retried on a second node: it must not be applied twice)."""
+    """Apply the write here when this node replicates the key (holds all of its partition; a
+    forwarded write: is any of its owners), else forward it (an incr is never retried on a
+    second node: it must not be applied twice)."""
     objects.check_sizes(request.key, request.payload, limits)
-    if coordinator.replicates(request.namespace, request.key):
+    if coordinator.replicates(request.namespace, request.key, any_owner=forwarded):
         outcome: list[WriteOutcome] = []
         fn = _update_fn(request, clock.now_ms(), coordinator.actor_id, outcome)
         await coordinator.apply(request.namespace, request.key, fn, w=w)

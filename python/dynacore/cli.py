@@ -11,7 +11,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -219,7 +219,8 @@ def status(seeds: str, secret: str) -> None:
         with _client(seeds, secret) as client:
             seen_by = client.status()
             rows = []
-            for peer in (seen_by, *seen_by.peers):
+            others = [p for p in seen_by.peers if p.node_id != seen_by.node_id]
+            for peer in (seen_by, *others):
                 try:
                     rows.append((peer, client.status(peer.address)))
                 except DynacoreError:
@@ -257,6 +258,249 @@ def demo(nodes_count: int) -> None:
 
 
 # -- membership commands (join, leave, plan, commit, transfers): owned by the membership work --
+
+
+T = TypeVar("T")
+WATCH_POLL_S = 0.5
+
+
+def _admin(seeds: str, secret: str, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run `action(admin)` with an AdminClient on the seeds; a lone error escapes as itself."""
+    import trio
+
+    from dynacore.cluster.admin import AdminClient
+    from dynacore.coordinator import exception_leaves
+
+    async def main() -> T:
+        async with AdminClient(_split(seeds), secret=secret) as admin:
+            return await action(admin)
+
+    try:
+        return trio.run(main)
+    except BaseExceptionGroup as group:
+        leaves = exception_leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
+@main.command()
+@click.argument("seed")
+@click.option("--node", "node_address", help="host:port of the joining node (default: --seeds).")
+@_seeds_option
+def join(seed: str, node_address: str | None, seeds: str, secret: str) -> None:
+    """Stage the join of a node (the one at --node or --seeds) to the cluster of SEED."""
+
+    def action() -> None:
+        claimant = _admin(seeds, secret, lambda a: a.join(seed, node_address))
+        console.print(
+            f"join staged by the claimant [bold]{claimant}[/bold]; "
+            "review it with `dynacore plan`, apply it with `dynacore commit`"
+        )
+
+    _run(action)
+
+
+@main.command()
+@click.option("--node", "node_id", default="", help="Id of the leaving node (default: --seeds).")
+@_seeds_option
+def leave(node_id: str, seeds: str, secret: str) -> None:
+    """Stage the leave of a node (default: the node answering at --seeds)."""
+
+    def action() -> None:
+        state = _admin(seeds, secret, lambda a: a.leave(node_id))
+        leaving = ", ".join(sorted(state.staged_leaves))
+        console.print(
+            f"staged to leave: [bold]{leaving}[/bold]; "
+            "review it with `dynacore plan`, apply it with `dynacore commit`"
+        )
+
+    _run(action)
+
+
+@main.command()
+@_seeds_option
+def plan(seeds: str, secret: str) -> None:
+    """Show what committing the staged changes would do: which partitions move where."""
+
+    def action() -> None:
+        state = _admin(seeds, secret, lambda a: a.plan_state())
+        _print_plan(state)
+
+    _run(action)
+
+
+@main.command()
+@click.option("--wait", is_flag=True, help="Show the handoff's progress until it is done.")
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="For --wait.")
+@_seeds_option
+def commit(wait: bool, timeout_s: float, seeds: str, secret: str) -> None:
+    """Commit the staged changes at the claimant; the handoff starts at once."""
+
+    def action() -> None:
+        state = _admin(seeds, secret, lambda a: a.commit())
+        moving = len(state.moving_partitions())
+        console.print(f"committed ring epoch {state.epoch}: {moving} partitions to hand off")
+        if wait:
+            _watch(seeds, secret, timeout_s)
+
+    _run(action)
+
+
+@main.command()
+@click.option("--watch", is_flag=True, help="Show a progress bar until the handoff is done.")
+@click.option("--timeout", "timeout_s", default=3600.0, show_default=True, help="For --watch.")
+@_seeds_option
+def transfers(watch: bool, timeout_s: float, seeds: str, secret: str) -> None:
+    """Each partition transfer of the current handoff: from -> to, objects, bytes, rates."""
+
+    def action() -> None:
+        if watch:
+            _watch(seeds, secret, timeout_s)
+        else:
+            _print_transfers(_admin(seeds, secret, lambda a: a.transfers()))
+
+    _run(action)
+
+
+@main.command()
+@_seeds_option
+def members(seeds: str, secret: str) -> None:
+    """The members as the node answering sees them: status, partitions now and pending."""
+
+    def action() -> None:
+        state = _admin(seeds, secret, lambda a: a.state())
+        table = Table(title=f"dynacore members (ring epoch {state.epoch})")
+        for column in ("node", "address", "status", "partitions", "pending", "staged"):
+            table.add_column(column)
+        for node_id, member in state.members.items():
+            now = len(state.ring.partitions_owned(node_id)) if node_id in state.ring.nodes else 0
+            pending = "-"
+            if state.pending is not None:
+                owned = node_id in state.pending.nodes
+                pending = str(len(state.pending.partitions_owned(node_id)) if owned else 0)
+            staged = "join" if node_id in state.staged_joins else ""
+            staged = "leave" if node_id in state.staged_leaves else staged
+            table.add_row(node_id, member.address, member.status.value, str(now), pending, staged)
+        console.print(table)
+
+    _run(action)
+
+
+def _print_plan(state: Any) -> None:
+    if state.pending is not None:
+        console.print(
+            f"a handoff of ring epoch {state.epoch} is in progress "
+            f"({len(state.confirmed)}/{len(state.moving_partitions())} partitions confirmed); "
+            "see `dynacore transfers`"
+        )
+        return
+    if not state.staged_joins and not state.staged_leaves:
+        console.print("nothing is staged (stage changes with `dynacore join` / `dynacore leave`)")
+        return
+    planned = state.plan()
+    after = state.commit()
+    staged = Table(title="staged changes")
+    for column in ("node", "change", "address"):
+        staged.add_column(column)
+    for node_id in planned.joins:
+        staged.add_row(node_id, "[green]join[/green]", state.address_of(node_id))
+    for node_id in planned.leaves:
+        staged.add_row(node_id, "[red]leave[/red]", state.address_of(node_id))
+    console.print(staged)
+    owners = Table(title="partitions owned")
+    for column in ("node", "now", "after", "change"):
+        owners.add_column(column, justify="right")
+    for node_id in sorted(set(state.ring.nodes) | set(planned.ring.nodes)):
+        now = len(state.ring.partitions_owned(node_id)) if node_id in state.ring.nodes else 0
+        later = len(planned.ring.partitions_owned(node_id)) if node_id in planned.ring.nodes else 0
+        owners.add_row(node_id, str(now), str(later), f"{later - now:+d}")
+    console.print(owners)
+    moves = Table(title=f"{len(after.transfers())} partitions to hand off after commit")
+    for column in ("partition", "owner", "new owner", "streams to"):
+        moves.add_column(column)
+    for transfer in after.transfers():
+        p = transfer.partition
+        old, new = state.ring.owner(p), planned.ring.owner(p)
+        moved = f"[bold]{new}[/bold]" if new != old else new
+        moves.add_row(str(p), old, moved, ", ".join(transfer.targets) or "(owner change only)")
+    console.print(moves)
+    console.print("apply with `dynacore commit` (add --wait to follow the handoff)")
+
+
+def _print_transfers(progress: Any) -> None:
+    state = progress.state
+    if state.pending is not None:
+        title = (
+            f"handoff of ring epoch {state.epoch}: "
+            f"{progress.confirmed}/{progress.moving} partitions confirmed"
+        )
+    else:
+        title = f"no handoff pending (ring epoch {state.epoch})"
+    table = Table(title=title)
+    for column in ("partition", "from → to", "objects", "bytes", "objects/s", "MB/s", "state"):
+        table.add_column(column, justify="right" if column != "from → to" else "left")
+    for row in sorted(progress.rows, key=lambda r: (r.partition, r.target)):
+        table.add_row(
+            str(row.partition),
+            f"{row.sender} → {row.target}",
+            str(row.objects),
+            str(row.size_bytes),
+            f"{row.objects_per_s:.0f}",
+            f"{row.mb_per_s:.2f}",
+            row.status,
+        )
+    console.print(table)
+    sweeps = Table(title="drop sweeps (data a node no longer replicates)")
+    for column in ("node", "swept ring epoch", "stale keys in last sweep", "sweeps"):
+        sweeps.add_column(column)
+    for node_id, report in progress.reports.items():
+        if report is None:
+            sweeps.add_row(node_id, "[red]unreachable[/red]", "-", "-")
+        else:
+            sweep = report.sweep
+            sweeps.add_row(
+                node_id, str(sweep.swept_epoch), str(sweep.stale_keys), str(sweep.sweeps)
+            )
+    console.print(sweeps)
+
+
+def _watch(seeds: str, secret: str, timeout_s: float) -> None:
+    """A progress bar over the confirmed partitions until the handoff and sweeps are done."""
+    import trio
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    async def watch(admin: Any) -> Any:
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} partitions"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("handoff", total=None)
+            with trio.fail_after(timeout_s):
+                while True:
+                    progress = await admin.transfers()
+                    total = max(progress.moving, 1) if progress.state.pending else None
+                    done = progress.confirmed if progress.state.pending else total
+                    mb = progress.size_bytes / 1e6
+                    bar.update(
+                        task,
+                        total=total or bar.tasks[0].total or 1,
+                        completed=done if done is not None else bar.tasks[0].total or 1,
+                        description=f"epoch {progress.state.epoch}: "
+                        f"{progress.objects} objects, {mb:.1f} MB",
+                    )
+                    if progress.done():
+                        return progress
+                    await trio.sleep(WATCH_POLL_S)
+
+    try:
+        progress = _admin(seeds, secret, watch)
+    except TimeoutError:
+        raise DynacoreError(f"the handoff was not done after {timeout_s} s") from None
+    _print_transfers(progress)
 
 
 # -- end membership commands --------------------------------------------------------------------

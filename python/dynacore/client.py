@@ -190,7 +190,7 @@ class AsyncClient:
         for address in candidates:
             try:
                 reply = await self._call(address, messages.RING_GET, [])
-            except UNREACHABLE:
+            except (*UNREACHABLE, Unavailable):  # Unavailable: a node that has not joined yet
                 continue
             self._membership = Membership.from_fields(reply)
             return self._membership

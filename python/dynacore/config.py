@@ -20,6 +20,8 @@ QuorumSpec = str | int
 
 QUORUM_WORDS = ("one", "quorum", "all")
 ENV_PREFIX = "DYNACORE_"
+DEFAULT_GOSSIP_INTERVAL_S = 1.0
+MAX_GOSSIP_INTERVAL_S = 60.0
 MAX_NODE_ID_BYTES = 255
 MAX_MEMBERS = 1024
 MAX_NAMESPACES = 1024
@@ -89,6 +91,13 @@ def check_node_id(node_id: str) -> str:
     return node_id
 
 
+def _check_gossip_interval(interval_s: object) -> None:
+    if isinstance(interval_s, bool) or not isinstance(interval_s, int | float):
+        raise ConfigError(f"gossip_interval_s must be a number, got {interval_s!r}")
+    if not 0 < interval_s <= MAX_GOSSIP_INTERVAL_S:
+        raise ConfigError(f"gossip_interval_s must be in (0, {MAX_GOSSIP_INTERVAL_S}]")
+
+
 def parse_members(spec: str | list[str] | tuple[str, ...]) -> tuple[tuple[str, str], ...]:
     """Parse "id@host:port,id@host:port" (or a list of "id@host:port") into (id, address) pairs."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -127,6 +136,7 @@ class NodeConfig:
     n: int = DEFAULT_N
     r: QuorumSpec = "quorum"
     w: QuorumSpec = "quorum"
+    gossip_interval_s: float = DEFAULT_GOSSIP_INTERVAL_S  # membership gossip and heartbeats
     namespaces: Mapping[str, int] = field(default_factory=dict)
     cluster_secret: str = ""
     sync: bool = True
@@ -142,6 +152,7 @@ class NodeConfig:
         check_address(self.listen)
         for seed in self.seeds:
             check_address(seed)
+        _check_gossip_interval(self.gossip_interval_s)
         q = self.partitions
         if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= MAX_PARTITIONS:
             raise ConfigError(f"partitions must be in [1, {MAX_PARTITIONS}], got {q!r}")
@@ -343,6 +354,7 @@ _COERCE: dict[str, Any] = {
     "n": lambda v: _as_int("n", v),
     "r": _as_quorum,
     "w": _as_quorum,
+    "gossip_interval_s": lambda v: _as_float("gossip_interval_s", v),
     "namespaces": _as_namespaces,
     "cluster_secret": lambda v: _as_str("cluster_secret", v),
     "sync": lambda v: _as_bool("sync", v),

@@ -385,8 +385,9 @@ class Coordinator:
         if context:
             versions.vv_to(context)  # VersionError when malformed, before anything is written
         stored_key = objects.object_key(namespace, key)
-        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
-        required = resolve_quorum(w, len(pref), default=self._default_w)
+        n = self.membership.n_for(namespace)
+        pref = self.membership.preference_list(stored_key, n)  # + pending owners in a handoff
+        required = resolve_quorum(w, min(len(pref), n), default=self._default_w)
         return stored_key, pref, required
 
     def _envelope(self, value: bytes | None, ttl_ms: int) -> bytes:
@@ -599,24 +600,30 @@ class Coordinator:
 
     # -- custom writes (the embedded cache's set/delete/incr, see cachewrite.py) -----------------
 
-    def replicates(self, namespace: str, key: bytes) -> bool:
-        """True when this node is in the key's preference list."""
+    def replicates(self, namespace: str, key: bytes, *, any_owner: bool = False) -> bool:
+        """True when this node holds all of the key's partition: it is in the key's read list
+        (during a handoff a new owner is not, until its partition is confirmed), so that a
+        custom write applied here sees every value the key has. With any_owner, True for any
+        node writes go to (a forwarded request: the sender's view may be a step ahead)."""
         stored_key = objects.object_key(namespace, key)
-        return self.node_id in self.membership.preference_list(
-            stored_key, self.membership.n_for(namespace)
-        )
+        n = self.membership.n_for(namespace)
+        if any_owner:
+            return self.node_id in self.membership.preference_list(stored_key, n)
+        return self.node_id in self.membership.read_list(stored_key, n)
 
     async def apply(
         self, namespace: str, key: bytes, fn: Update, *, w: QuorumSpec | None = None
     ) -> bytes:
         """Run `fn` on the stored set of a key this node replicates, inside the write transaction,
-        then replicate the new set as a put does (w durable acks); the new set. Unavailable when
-        this node does not replicate the key (forward the request instead)."""
-        stored_key = objects.object_key(namespace, key)
-        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
-        if self.node_id not in pref:
+        then replicate the new set as a put does (to the whole write list, w durable acks); the
+        new set. Unavailable when this node is not among the key's owners (forward the request
+        instead)."""
+        if not self.replicates(namespace, key, any_owner=True):
             raise Unavailable(f"{self.node_id} does not replicate this key")
-        required = resolve_quorum(w, len(pref), default=self._default_w)
+        stored_key = objects.object_key(namespace, key)
+        n = self.membership.n_for(namespace)
+        pref = self.membership.preference_list(stored_key, n)
+        required = resolve_quorum(w, min(len(pref), n), default=self._default_w)
         new_set = await self._store.update(DATA_DB, stored_key, fn)
         assert new_set is not None, "a custom write must leave a version set"
         await self._replicate(stored_key, new_set, [p for p in pref if p != self.node_id], required)
@@ -625,10 +632,11 @@ class Coordinator:
     async def forward(
         self, namespace: str, key: bytes, msg_type: int, fields: Sequence[Value], *, retry: bool
     ) -> list[Value]:
-        """Send a request to the key's preference list, healthy nodes first, until one answers.
-        With retry=False (a request that must not run twice) only the first node is tried."""
+        """Send a request to the key's read list (the nodes that replicate it, see
+        `replicates`), healthy nodes first, until one answers. With retry=False (a request that
+        must not run twice) only the first node is tried."""
         stored_key = objects.object_key(namespace, key)
-        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        pref = self.membership.read_list(stored_key, self.membership.n_for(namespace))
         order = self.health.order(pref)
         for peer in order if retry else order[:1]:
             timeout_s = self.timeout_s * FORWARD_TIMEOUT_FACTOR
@@ -682,7 +690,7 @@ class Coordinator:
         """The stored key, the replicas to ask, and the gather of their replies."""
         objects.check_sizes(key, None, self._limits)
         stored_key = objects.object_key(namespace, key)
-        pref = self.membership.preference_list(stored_key, self.membership.n_for(namespace))
+        pref = self.membership.read_list(stored_key, self.membership.n_for(namespace))
         required = resolve_quorum(r, len(pref), default=self._default_r)
         gather = _Gather(required=required, pending=len(pref))
         gather.on_complete = functools.partial(self._repair_if_stale, stored_key)

@@ -140,6 +140,29 @@ class LocalCluster:
             env["DYNACORE_CLUSTER_SECRET"] = self.secret
         return env
 
+    def add_node(self, seeds: list[str]) -> LocalNode:
+        """A new node (not started: `restart` starts it) that knows the cluster only through
+        `seeds`: no static members, so it starts unjoined and learns the state by gossip."""
+        if len(self.nodes) >= MAX_LOCAL_NODES:
+            raise ConfigError(f"at most {MAX_LOCAL_NODES} local nodes")
+        (port,) = free_ports(1)
+        taken = {node.node_id for node in self.nodes}
+        node_id = next(f"n{i}" for i in range(1, MAX_LOCAL_NODES + 2) if f"n{i}" not in taken)
+        data_dir = self.base_dir / node_id
+        args = [
+            "--node-id", node_id,
+            "--listen", f"127.0.0.1:{port}",
+            "--data-dir", str(data_dir),
+            "--seeds", ",".join(seeds),
+            "--partitions", str(self.partitions),
+            "--n", str(self.n),
+            *self.extra_args,
+        ]  # fmt: skip
+        node = LocalNode(node_id, f"127.0.0.1:{port}", data_dir, args)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.nodes.append(node)
+        return node
+
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         for node in self.nodes:

@@ -92,6 +92,10 @@ class Membership:
         smaller)."""
         return tuple(self.ring.lookup(stored_key, n))
 
+    def read_list(self, stored_key: bytes, n: int) -> tuple[str, ...]:
+        """Where reads of the key go (a ClusterView: not the write list during a handoff)."""
+        return self.preference_list(stored_key, n)
+
     def extended_list(self, stored_key: bytes, n: int) -> tuple[str, ...]:
         """The rest of the clockwise walk after the preference list (sloppy-quorum fallbacks)."""
         return tuple(self.ring.extended_list(self.ring.partition_of(stored_key), n))

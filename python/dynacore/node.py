@@ -20,6 +20,7 @@ import trio
 from dynacore import cachewrite, messages, objects, readbatch
 from dynacore._backend import versions
 from dynacore.cluster.antientropy import ObservedEngine, SelfHealing
+from dynacore.cluster.service import ClusterService
 from dynacore.config import NodeConfig, QuorumSpec, check_quorum_spec
 from dynacore.coordinator import Clock, Coordinator, PeerHealth, exception_leaves
 from dynacore.errors import ProtocolError
@@ -64,6 +65,7 @@ class Node:
         coordinator: Coordinator,
         clock: Clock,
         cancel_scope: trio.CancelScope,
+        cluster: ClusterService | None = None,
     ) -> None:
         self.config = config
         self.node_id = config.node_id
@@ -73,6 +75,7 @@ class Node:
         self.address = ""  # the bound "host:port", set once the server listens
         self._cancel_scope = cancel_scope
         self.extra_handlers: dict[int, Callable[[list[Any]], Awaitable[list[Any]]]] = {}
+        self.cluster = cluster  # gossip, staged changes, handoff (cluster/service.py)
         self.healing: SelfHealing | None = None  # hints, anti-entropy, reaper (set by open_node)
 
     @property
@@ -81,6 +84,8 @@ class Node:
 
     def set_membership(self, membership: Membership) -> None:
         """Replace the cluster view (tests that bind port 0 fill in addresses this way)."""
+        if self.cluster is not None:  # the view follows the cluster state: take its addresses
+            membership = self.cluster.adopt_addresses(membership)
         self.coordinator.membership = membership
 
     def stop(self) -> None:
@@ -284,10 +289,9 @@ async def open_node(
     transport = transport if transport is not None else TcpTransport(config.limits)
     clock = clock if clock is not None else SystemClock()
     rng = rng if rng is not None else random.Random()
-    view = membership if membership is not None else Membership.from_config(config)
     body_error: list[BaseException] = []  # what the caller's block raised, if anything
     try:
-        async with _run_node(config, transport, clock, rng, engine, view) as node:
+        async with _run_node(config, transport, clock, rng, engine, membership) as node:
             try:
                 yield node
             except BaseException as exc:
@@ -308,7 +312,7 @@ async def _run_node(
     clock: Clock,
     rng: random.Random,
     engine: Engine | None,
-    view: Membership,
+    membership: Membership | None,
 ) -> AsyncIterator[Node]:
     async with AsyncExitStack() as stack:
         store: Engine = (
@@ -325,11 +329,14 @@ async def _run_node(
                 rng=rng,
             )
         )
+        cluster = await ClusterService.open(
+            config, store=store, rpc=rpc, rng=rng, membership=membership
+        )
         async with trio.open_nursery() as nursery:
             coordinator = Coordinator(
                 node_id=config.node_id,
                 actor_id=actor_id,
-                membership=view,
+                membership=cluster.view,
                 rpc=rpc,
                 store=store,
                 clock=clock,
@@ -337,6 +344,7 @@ async def _run_node(
                 background=nursery,
                 default_r=config.r,
                 default_w=config.w,
+                health=cluster.health,
             )
             node = Node(
                 config,
@@ -344,7 +352,10 @@ async def _run_node(
                 coordinator=coordinator,
                 clock=clock,
                 cancel_scope=nursery.cancel_scope,
+                cluster=cluster,
             )
+            cluster.on_view(lambda view: setattr(coordinator, "membership", view))
+            node.extra_handlers.update(cluster.handlers())
             heal = SelfHealing(
                 config,
                 actor_id=actor_id,
@@ -356,7 +367,9 @@ async def _run_node(
             )
             await heal.start(nursery)
             coordinator.fallback, coordinator.counter_floor = heal.handoff.fallback, heal.floor
-            node.healing, node.extra_handlers = heal, heal.handlers()
+            node.healing = heal
+            assert not set(heal.handlers()) & set(node.extra_handlers), "message types collide"
+            node.extra_handlers.update(heal.handlers())
             server = RpcServer(server_id=config.node_id, secret=config.cluster_secret.encode())
             inline = {
                 messages.REPLICA_GET: node.replica_get_inline,
@@ -386,8 +399,7 @@ async def _run_node(
                 config.listen,
                 node.handle,
             )
-            if view.addresses.get(config.node_id, "").endswith(":0"):  # advertise the bound port
-                node.set_membership(view.with_addresses({config.node_id: node.address}))
+            await cluster.start(nursery, node.address)  # advertises the bound port
             log.info("node %s (actor %s) listening on %s", config.node_id, actor_id, node.address)
             try:
                 yield node

@@ -105,7 +105,23 @@ async def sim_caches(
                     **options,
                 )
             )
+        await wait_formed([*nodes.values(), *(cache.node for cache in caches.values())])
         yield sim, caches, nodes
+
+
+async def wait_formed(members: list[Node], timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Return once every member has exchanged gossip with every other one, so that each has a
+    live connection to each. Members start one after the other: the first gossip rounds of the
+    early ones reach peers that do not listen yet, and a call that joins such a connection
+    attempt fails with it (or, if a test cuts the network at once, waits on a handshake whose
+    frames were lost). Tests of partitions and quorums start from a formed cluster."""
+    with trio.fail_after(timeout_s):
+        for member in members:
+            cluster = member.cluster
+            assert cluster is not None
+            peers = sorted(node_id for node_id, _ in cluster.gossiper.peers())
+            while await cluster.gossiper.announce() != peers:
+                await trio.sleep(0.01)
 
 
 async def wait_until(predicate: Any, timeout_s: float = SETTLE_TIMEOUT_S) -> None:

@@ -1,21 +1,42 @@
 """Several cache members (async API) in one trio.run over the simulated network: replication,
 quorum reads, local reads without the network, forwarding to the replicas, siblings from
-concurrent adds, counters that lose no increment, and a cache joining plain nodes by a seed."""
+concurrent adds, counters that lose no increment, a cache joining plain nodes by gossip (and
+its bounds and refusals), local reads that follow a leave's handoff, and sync caches that join by
+a seed and leave on close over TCP."""
 
 from __future__ import annotations
 
-import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from dynacore import AsyncClient, open_cache
-from dynacore.cache import MISSING, REMOTE, AsyncCache
-from dynacore.errors import ConfigError, QuorumNotMet, WrongType
-from dynacore.membership import Membership
-from dynacore.serializers import decode_value
+from dynacore import AsyncClient, Cache, objects, open_cache
+from dynacore.cache import REMOTE, AsyncCache
+from dynacore.cluster.state import ClusterState, Status
+from dynacore.errors import (
+    CacheClosed,
+    ClusterError,
+    ConfigError,
+    QuorumNotMet,
+    Unavailable,
+    WrongType,
+)
+from dynacore.node import Node
+from dynacore.serializers import decode_value, encode_value
 
-from .conftest import SIM_LIMITS, ManualClock, retry_quorum, sim_caches, wait_until
+from .conftest import (
+    SETTLE_TIMEOUT_S,
+    SIM_LIMITS,
+    ManualClock,
+    retry_quorum,
+    sim_caches,
+    wait_until,
+)
 
 
 def key_owned_by(cache: AsyncCache, owner: bool, prefix: str = "k") -> str:
@@ -128,55 +149,167 @@ async def test_increments_on_both_sides_of_a_partition_merge(clock: ManualClock)
         assert await b.incr("c") == 99
 
 
-async def test_a_cache_joins_plain_nodes_by_seed(clock: ManualClock) -> None:
-    async with sim_caches([], n=2, clock=clock, servers=("s1", "s2")) as (sim, _, nodes):
-        # the servers' static member list names the cache "c1" (gossip membership will lift this)
-        view = Membership.static(
-            [("c1", "c1:7000"), ("s1", "s1:7000"), ("s2", "s2:7000")], partitions=16, n=2
-        )
-        for node in nodes.values():
-            node.set_membership(view)
+def cluster_state(cache: AsyncCache) -> ClusterState:
+    cluster = cache.node.cluster
+    assert cluster is not None and cluster.gossiper.state is not None
+    return cluster.gossiper.state
+
+
+def partition(cache: AsyncCache, key: str) -> int:
+    return cluster_state(cache).ring.partition_of(objects.object_key("", key.encode()))
+
+
+def node_state(node: Node) -> ClusterState | None:
+    assert node.cluster is not None
+    return node.cluster.gossiper.state
+
+
+async def test_a_cache_joins_plain_nodes_by_seed(
+    autojump_clock: trio.testing.MockClock, clock: ManualClock
+) -> None:
+    async with (
+        sim_caches([], n=2, clock=clock, servers=("s1", "s2")) as (sim, _, nodes),
+        AsyncClient(["s2:7000"], transport=sim.transport("cli:1")) as client,
+    ):
+        before = {f"before-{i}": i for i in range(64)}
+        for key, value in before.items():
+            await client.put(key, encode_value(value), w=2)
         async with open_cache(
-            seeds=["s1:7000"],
+            None,
+            "c1:7000",
+            ["s1:7000"],
             node_id="c1",
             transport=sim.transport("c1:7000"),
             clock=clock,
             limits=SIM_LIMITS,
             w=2,
         ) as cache:
-            assert cache.address == "c1:7000"
-            remote_key = key_owned_by(cache, owner=False)
-            local_key = key_owned_by(cache, owner=True)
-            await cache.set(remote_key, [1, 2])
-            await cache.set(local_key, "here")
+            # a ring member with its share of the partitions, handed off before it serves
+            state = cluster_state(cache)
+            assert state.pending is None and state.ring.nodes == ["c1", "s1", "s2"]
+            assert state.members["c1"].status is Status.VALID
+            assert len(state.ring.partitions_owned("c1")) == 16 // 3
+            assert (state.n_val, cache.node.config.n) == (2, 2)  # learned from the cluster
+            await wait_until(lambda: {node_state(n) for n in nodes.values()} == {state})
+            mine = [key for key in before if cache.replicates(key)]
+            others = [key for key in before if not cache.replicates(key)]
+            assert mine and others
+            for key in before:  # the fast path follows the gossiped ring
+                assert cache.replicates(key) == (
+                    "c1" in state.read_owners(partition(cache, key), 2)
+                )
+            sim.partition(["c1:7000"], ["s1:7000", "s2:7000"])
+            assert {key: cache.lookup_local(key) for key in mine} == {k: before[k] for k in mine}
+            assert all(cache.lookup_local(key) is REMOTE for key in others)
+            sim.heal()
+            assert [await cache.get(key) for key in others] == [before[k] for k in others]
+            await cache.set(others[0], [1, 2])
+            await cache.set(mine[0], "here")
             assert await cache.incr("n", 7) == 7
-            assert await cache.get(remote_key) == [1, 2]
-            assert cache.lookup_local(local_key) == "here"
-            async with AsyncClient(["s2:7000"], transport=sim.transport("cli:1")) as client:
-                result = await client.get(remote_key, r=2)
-                assert [decode_value(v) for v in result.values] == [[1, 2]]
-        with pytest.raises(ConfigError, match="not a member"):
-            async with open_cache(
-                seeds=["s1:7000"],
-                node_id="stranger",
-                transport=sim.transport("x:7000"),
+            assert cache.lookup_local(mine[0]) == "here"
+            result = await client.get(others[0], r=2)
+            assert [decode_value(v) for v in result.values] == [[1, 2]]
+        # closed without leaving: still a member, like a node that went down
+        assert all("c1" in state.ring.nodes for state in map(node_state, nodes.values()) if state)
+
+
+async def test_a_cache_join_is_bounded_and_refusals_are_typed(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with sim_caches([], n=2, servers=("s1", "s2")) as (sim, _, _nodes):
+
+        def joiner(node_id: str, listen: str, seeds: list[str], **options: Any) -> Any:
+            transport = sim.transport(listen)
+            return open_cache(
+                None,
+                listen,
+                seeds,
+                node_id=node_id,
+                transport=transport,
                 limits=SIM_LIMITS,
-            ):
+                **options,
+            )
+
+        with pytest.raises(Unavailable):
+            async with joiner("x", "x:7000", ["nowhere:7000"]):
+                pass
+        with pytest.raises(Unavailable, match="did not finish joining"):
+            async with joiner("y", "y:7000", ["s1:7000"], join_timeout_s=0.001):
+                pass
+        with pytest.raises(ClusterError, match="ring member of the cluster"):
+            async with joiner("s2", "z:7000", ["s1:7000"]):
+                pass
+        with pytest.raises(ConfigError, match="join_timeout_s"):
+            async with joiner("w", "w:7000", ["s1:7000"], join_timeout_s=0):
                 pass
 
 
-async def test_a_membership_change_moves_the_fast_path() -> None:
-    async with sim_caches(["a", "b"], n=1) as (_sim, caches, _):
-        a = caches["a"]
-        key = key_owned_by(a, owner=False)
-        await a.set(key, "v")
-        assert not a.replicates(key)
-        assert a.lookup_local(key) is REMOTE
-        view = a.node.membership
-        alone = Membership.static([("a", "a:7000")], partitions=16, n=1)
-        a.node.set_membership(dataclasses.replace(alone, addresses=view.addresses))
-        assert a.replicates(key)
-        assert a.lookup_local(key) is MISSING  # local now, and a never stored it
+async def test_a_membership_change_moves_the_fast_path(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with sim_caches(["a", "b", "c"], n=1) as (sim, caches, _):
+        a, b, c = caches["a"], caches["b"], caches["c"]
+        keys = [f"k{i}" for i in range(200)]
+        for key in keys:
+            await a.set(key, key)
+        from_b = [key for key in keys if b.replicates(key)]
+        assert from_b and all(b.lookup_local(key) == key for key in from_b)
+        assert all(a.lookup_local(key) is REMOTE for key in from_b)
+        sim.partition(["b:7000"], ["c:7000"])  # b's transfers to c cannot finish yet
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(b.leave)
+            await wait_until(lambda: cluster_state(a).pending is not None)
+            await trio.sleep(30)  # b streams to a meanwhile, but confirms nothing while c is cut
+            assert cluster_state(a).pending is not None and not cluster_state(a).confirmed
+            assert all(b.lookup_local(key) == key for key in from_b)  # b serves until then
+            assert all(a.lookup_local(key) is REMOTE for key in from_b)  # a only after
+            to_a = [k for k in from_b if "a" in cluster_state(a).owners_for(partition(a, k), 1)]
+            assert to_a  # writes go to a already; cache writes are coordinated by b until then
+            coordinator = a.node.coordinator
+            assert not any(coordinator.replicates("", k.encode()) for k in to_a)
+            assert all(coordinator.replicates("", k.encode(), any_owner=True) for k in to_a)
+            sim.heal()
+        await wait_until(lambda: len({cluster_state(m) for m in (a, b, c)}) == 1)
+        final = cluster_state(a)
+        assert final.pending is None and final.members["b"].status is Status.EXITING
+        for key in from_b:
+            new_owner = a if a.replicates(key) else c
+            assert new_owner.replicates(key) and not b.replicates(key)
+            assert new_owner.lookup_local(key) == key  # handed off, and read locally there
+            assert b.lookup_local(key) is REMOTE
+            assert await b.get(key) == key  # b still answers, through the new owner
+
+
+def test_sync_caches_join_by_seed_resume_and_leave_on_close(tmp_path: Path) -> None:
+    with Cache(node_id="a", n=1, gossip_interval_s=0.05) as a:
+        options: dict[str, Any] = {"node_id": "b", "gossip_interval_s": 0.05, "sync": False}
+        b = Cache(tmp_path / "b", seeds=[a.address], **options)
+        try:
+            keys = [f"k{i}" for i in range(100)]
+            for key in keys:
+                b[key] = key
+            mine = [key for key in keys if b.replicates(key)]
+            assert 0 < len(mine) < len(keys)  # b took a share of the partitions
+            assert all(b.lookup_local(key) == key for key in mine)
+            assert all(a.lookup_local(key) is REMOTE for key in mine)
+            assert [a[key] for key in keys] == keys
+            b.close()  # stops only: b stays a member, and resumes from its persisted state
+            b = Cache(tmp_path / "b", seeds=[a.address], **options)
+            assert [b.lookup_local(key) for key in mine] == mine
+        finally:
+            b.close(leave=True)
+        settle(lambda: all(a.replicates(key) for key in keys))
+        assert [a.lookup_local(key) for key in keys] == keys  # b handed its keys back to a
+        with pytest.raises(CacheClosed):
+            b.set("late", 1)
+
+
+def settle(predicate: Callable[[], bool], timeout_s: float = SETTLE_TIMEOUT_S) -> None:
+    """Poll `predicate()` (another thread's loop makes it true); fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "the cluster did not settle"
+        time.sleep(0.01)
 
 
 async def test_open_cache_errors_escape_as_themselves() -> None:

@@ -15,12 +15,17 @@ from dynacore.cluster.hints import (
     HINT_PUT,
     HintedHandoff,
     HintStore,
+    Peers,
     hint_key,
     prefix_end,
     split_hint_key,
     target_prefix,
 )
-from dynacore.errors import ConfigError, ProtocolError, QuorumNotMet, VersionError
+from dynacore.cluster.state import ClusterState, Status
+from dynacore.cluster.view import ClusterView
+from dynacore.coordinator import PeerHealth
+from dynacore.errors import ConfigError, ConnectionLost, ProtocolError, QuorumNotMet, VersionError
+from dynacore.limits import Limits
 from dynacore.storage import open_memory_engine
 
 
@@ -61,6 +66,9 @@ async def test_a_fallback_takes_the_write_counts_toward_w_and_hands_it_back(
         assert cluster.nodes[fallback].status().pending_hints == 1
 
         await cluster.start(down)
+        # gossip heartbeats told the fallback that `down` went away: it hands hints back once
+        # they tell it that `down` is back
+        await wait_until(lambda: cluster.nodes[fallback].coordinator.health.is_up(down))
         assert await healing(cluster, fallback).handoff.deliver_round() == 1
         stored = cluster.stored(down, sk(key))
         assert objects.visible_values(stored, cluster.clock.now_ms()) == [b"sloppy"]
@@ -176,3 +184,27 @@ async def test_hint_put_refuses_bad_input_with_typed_errors(tmp_path: Path) -> N
         with trio.fail_after(5):
             await handler(["n2", b"\x00k", good])
         assert hint_count(cluster, "n1") == 1
+
+
+class Unreachable:
+    """An RpcClient whose every call fails as if the peer were gone."""
+
+    async def call(self, address: str, *_args: object) -> list[object]:
+        raise ConnectionLost(f"{address}: gone")
+
+
+async def test_hints_for_a_member_that_exited_go_to_the_current_owners() -> None:
+    state = ClusterState.bootstrap(4, {"a": "a:1", "gone": "g:1"}, n_val=1)
+    state = state.stage_leave("gone").commit()
+    state = state.confirm_handoffs(state.moving_partitions()).finish_if_done()
+    assert state.members["gone"].status is Status.EXITING and state.ring.nodes == ["a"]
+    view = ClusterView.of(state, n=1)
+    assert "gone" in view.addresses and "gone" not in view.nodes  # its record stays
+    async with open_memory_engine() as engine:
+        peers = Peers(Unreachable(), lambda: view, PeerHealth(), Limits())  # type: ignore[arg-type]
+        handoff = HintedHandoff(node_id="a", store=engine, peers=peers, interval_s=0)
+        await handoff.hints.add("gone", b"\x00k", value_set("late", "a"))
+        assert await handoff.deliver_round() == 1  # to the owner (here: a itself)
+        stored = engine.get("data", b"\x00k")
+        assert stored is not None and objects.visible_values(stored, 0) == [b"late"]
+        assert handoff.hints.pending() == 0

@@ -6,7 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_aae_support import Cluster, ManualClock, healing, healing_cluster, keys_where, sk
+from test_aae_support import (
+    Cluster,
+    ManualClock,
+    healing,
+    healing_cluster,
+    keys_where,
+    sk,
+    wait_until,
+)
 
 from dynacore import objects
 from dynacore._backend import versions
@@ -116,6 +124,7 @@ async def test_a_tombstone_waits_for_a_replica_that_missed_it_and_for_its_hints(
         await healing(cluster, "n1").aae.repair_partition(partition)
         assert cluster.stored("n3", sk(key)) == cluster.stored("n1", sk(key))
         assert await reap_everywhere(cluster) == 0  # n1 still holds a hint for the key
+        await wait_until(lambda: cluster.nodes["n1"].coordinator.health.is_up("n3"))  # gossip
         await healing(cluster, "n1").handoff.deliver_round()
         assert cluster.nodes["n1"].engine.count("hints") == 0
         assert await reap_everywhere(cluster) == 1

@@ -4,12 +4,12 @@ A seed's path changes whenever the node code changes, so a failure found by a se
 as the smallest scenario that reproduces it on the simulation harness (virtual time, fixed
 seeds), with the seed and options that first found it. A bug whose fix has not landed is a
 strict xfail naming it: it turns into a failure, and must become a plain test, the moment the fix
-lands.
+lands (as the client bug below did, fixed in client.py by 7373bf8).
 
 Found by `python -m dynacore.sim --seeds 10 --first-seed 6000 --nodes 3 --keys 1 --clients 8
 --blind-fraction 0.5 --siblings-max 5 --safety-s 20` (before the write-once keys existed):
 
-- seeds 6004, 6009: "failed yet present" — the client bug below;
+- seeds 6004, 6009: "failed yet present" — the client bug below (fixed);
 - seeds 6000, 6002, 6008: 6 to 9 siblings with a limit of 5 — replicas that filled up to the
   limit apart merge into more. That is the design (replication never refuses), so the
   checker's bound became n x siblings_max (ClusterConfig.siblings_bound).
@@ -40,7 +40,7 @@ from dynacore.sim.cluster import (
 KEY = b"crowded"
 SETTLE_S = 30.0
 
-CLIENT_RETRY_BUG = (
+CLIENT_RETRY_BUG = (  # the bug the scenario below pins down (fixed)
     "client.py: AsyncClient._route retries a put on the next node after ConnectionLost, and when "
     "that retry fails with a definite error (TooManySiblings) it reports that error, although "
     "the first attempt reached a node that stored the write before it crashed; the write is "

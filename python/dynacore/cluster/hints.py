@@ -371,12 +371,13 @@ class HintedHandoff:
 
     async def _send(self, target: str, batch: list[tuple[bytes, bytes]]) -> bool:
         """True once `target` (or, for a node that left, every current replica) has the batch
-        durably."""
+        durably. A node has left when it no longer serves: not a member, or one that exited
+        (a gossiped view keeps the addresses of exited members)."""
         view = self._peers.view()
         if target == self.node_id:
             await merge_into(self._store, DATA_DB, batch)
             return True
-        if target in view.addresses:
+        if target in view.nodes:
             return await self._put_sets(target, batch)
         return await self._send_to_owners(view, batch)
 

@@ -5,8 +5,8 @@ for its life. `actor_id = f"{node_id}.{epoch:016x}"` is the name a node's writes
 vectors, so a node that lost its disk comes back as a new actor and never reuses dots it issued
 before. Randomness is handed in (`rng`), so the simulator stays deterministic.
 
-Keys in "meta": b"node/id", b"node/epoch" (8 bytes, big-endian), b"ring", and b"user/" + name for
-`get_meta`/`put_meta`.
+Keys in "meta": b"node/id", b"node/epoch" (8 bytes, big-endian), b"ring", b"cluster/state" (the
+encoded ClusterState, see cluster/gossip.py), and b"user/" + name for `get_meta`/`put_meta`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dynacore.storage.engine import Engine
 NODE_ID_KEY = b"node/id"
 EPOCH_KEY = b"node/epoch"
 RING_KEY = b"ring"
+CLUSTER_STATE_KEY = b"cluster/state"
 USER_PREFIX = b"user/"
 MAX_NODE_ID_BYTES = 255
 MAX_META_NAME_BYTES = 255
@@ -96,6 +97,17 @@ def get_ring(engine: Engine) -> bytes | None:
 async def put_ring(engine: Engine, encoded_ring: bytes) -> None:
     _check_value(encoded_ring, MAX_META_VALUE_BYTES)
     await engine.update("meta", RING_KEY, lambda _old: encoded_ring)
+
+
+def get_cluster_state(engine: Engine) -> bytes | None:
+    """The encoded cluster state last stored, or None."""
+    return engine.get("meta", CLUSTER_STATE_KEY)
+
+
+async def put_cluster_state(engine: Engine, encoded_state: bytes) -> None:
+    """Store the encoded cluster state, durably."""
+    _check_value(encoded_state, MAX_META_VALUE_BYTES)
+    await engine.update("meta", CLUSTER_STATE_KEY, lambda _old: encoded_state)
 
 
 def _user_key(name: str) -> bytes:

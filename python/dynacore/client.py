@@ -10,7 +10,7 @@ import functools
 import logging
 import random
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -310,12 +310,19 @@ class AsyncClient:
         stored_key = objects.object_key(self._namespace, key)
         n = view.n_for(self._namespace)
         order = self._health.order(view.preference_list(stored_key, n))
-        extended = self._health.order(view.extended_list(stored_key, n))
+        tried = list(order)
+
+        def candidates() -> Iterator[str]:
+            yield from order
+            extended = self._health.order(view.extended_list(stored_key, n))  # rarely needed
+            tried.extend(extended)
+            yield from extended
+
         # The first failure whose outcome is unknown (the node may have applied the request
         # before the connection dropped): once there is one, a later definite refusal must not
         # be reported as the request's fate, or a stored write would be reported as refused.
         ambiguous: BaseException | None = None
-        for node in (*order, *extended):
+        for node in candidates():
             try:
                 reply = await self._try_node(view, node, msg_type, fields, retry_on_timeout)
             except UNREACHABLE:
@@ -332,7 +339,7 @@ class AsyncClient:
             await self.refresh_ring()
         except Unavailable:
             pass
-        raise Unavailable(f"no node could serve the request (tried {[*order, *extended]})")
+        raise Unavailable(f"no node could serve the request (tried {tried})")
 
     async def _try_node(
         self,

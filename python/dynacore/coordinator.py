@@ -69,6 +69,8 @@ class Store(Protocol):
 
     def get(self, db: str, key: bytes) -> bytes | None: ...
 
+    def get_many(self, db: str, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
     async def update(self, db: str, key: bytes, fn: Update) -> bytes | None: ...
 
     def update_soon(
@@ -798,6 +800,9 @@ class Coordinator:
 
     def replica_get(self, stored_key: bytes) -> bytes | None:
         return self._store.get(DATA_DB, stored_key)
+
+    def replica_get_many(self, stored_keys: Sequence[bytes]) -> list[bytes | None]:
+        return self._store.get_many(DATA_DB, stored_keys)
 
 
 def _merge_fn(incoming: bytes) -> Update:

@@ -189,7 +189,8 @@ class Node:
 
     def replica_get_many_inline(self, fields: list[Any], peer: str) -> list[Any]:
         """REPLICA_GET_MANY answered in the connection's reader (readbatch.py)."""
-        return readbatch.answer_many(fields, self.coordinator.replica_get, self.config.limits)
+        read_many = self.coordinator.replica_get_many
+        return readbatch.answer_many(fields, read_many, self.config.limits)
 
     def replica_put_deferred(self, fields: list[Any], peer: str, respond: Respond) -> bool:
         """REPLICA_PUT without a task when the commit queue has room (else False)."""

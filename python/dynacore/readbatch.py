@@ -154,20 +154,21 @@ class ReadBatcher:
 
 
 def answer_many(
-    fields: list[Value], read: Callable[[bytes], bytes | None], limits: Limits
+    fields: list[Value],
+    read_many: Callable[[list[bytes]], list[bytes | None]],
+    limits: Limits,
 ) -> list[Value]:
     """The replica's REPLICA_GET_MANY reply: the sets of a prefix of the keys (all of them
-    unless their size passes the reply budget; at least one)."""
+    unless their size passes the reply budget; at least one), read in one read transaction."""
     (keys,) = messages.expect(fields, (list,), "REPLICA_GET_MANY")
     if len(keys) > BATCH_MAX_KEYS:
         raise LimitExceeded(f"{len(keys)} keys in one read batch (at most {BATCH_MAX_KEYS})")
+    if not all(isinstance(key, bytes) for key in keys):
+        raise ProtocolError("REPLICA_GET_MANY: keys must be bytes")
     budget_bytes = limits.frame_size_bytes // REPLY_BUDGET_FRACTION
     sets: list[Value] = []
     size_bytes = 0
-    for key in keys:
-        if not isinstance(key, bytes):
-            raise ProtocolError("REPLICA_GET_MANY: keys must be bytes")
-        found = read(key)
+    for found in read_many(keys):
         size_bytes += len(found) if found is not None else 0
         if sets and size_bytes > budget_bytes:
             break

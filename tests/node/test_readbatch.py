@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -20,27 +21,31 @@ CONFIG = NetConfig(connect_timeout_s=2.0, handshake_timeout_s=2.0)
 STORE = {b"k%03d" % i: b"v" * i for i in range(0, 300, 2)}  # even keys present, odd absent
 
 
+def many(store: dict[bytes, bytes]) -> Callable[[list[bytes]], list[bytes | None]]:
+    return lambda keys: [store.get(key) for key in keys]
+
+
 def test_answer_many_reads_every_key_in_order() -> None:
     keys: list[Value] = [b"k002", b"k003", b"k004"]
-    assert answer_many([keys], STORE.get, LIMITS) == [[b"v" * 2, None, b"v" * 4]]
+    assert answer_many([keys], many(STORE), LIMITS) == [[b"v" * 2, None, b"v" * 4]]
 
 
 def test_answer_many_stops_at_the_reply_budget_but_answers_one() -> None:
     big = {b"a": b"x" * 20_000, b"b": b"y" * 20_000, b"c": b"z" * 20_000}
     limits = Limits(key_size_bytes=1024, value_size_bytes=16 * 1024, frame_size_bytes=100_000)
-    (sets,) = answer_many([[b"a", b"b", b"c"]], big.get, limits)  # budget 25,000 bytes
+    (sets,) = answer_many([[b"a", b"b", b"c"]], many(big), limits)  # budget 25,000 bytes
     assert sets == [b"x" * 20_000]
-    (sets,) = answer_many([[b"c"]], {b"c": b"z" * 90_000}.get, limits)
+    (sets,) = answer_many([[b"c"]], many({b"c": b"z" * 90_000}), limits)
     assert sets == [b"z" * 90_000]
 
 
 def test_answer_many_refuses_bad_requests() -> None:
     with pytest.raises(ProtocolError):
-        answer_many([b"not a list"], STORE.get, LIMITS)
+        answer_many([b"not a list"], many(STORE), LIMITS)
     with pytest.raises(ProtocolError):
-        answer_many([[b"k002", 7]], STORE.get, LIMITS)
+        answer_many([[b"k002", 7]], many(STORE), LIMITS)
     with pytest.raises(LimitExceeded):
-        answer_many([[b"k"] * (BATCH_MAX_KEYS + 1)], STORE.get, LIMITS)
+        answer_many([[b"k"] * (BATCH_MAX_KEYS + 1)], many(STORE), LIMITS)
 
 
 class Health:
@@ -68,7 +73,7 @@ async def serve_store(
             assert isinstance(key, bytes)
             return [STORE.get(key)]
         if msg_type == messages.REPLICA_GET_MANY and batches:
-            return answer_many(fields, STORE.get, LIMITS)
+            return answer_many(fields, many(STORE), LIMITS)
         raise ProtocolError(f"unknown message type {msg_type}")
 
     server = RpcServer(server_id="peer", config=CONFIG)

@@ -131,3 +131,17 @@ async def test_close_reports_queued_updates_committed_or_closed(open_engine: Ope
             await outcomes.all_in.wait()
         for result, error in outcomes.by_key.values():
             assert (result, error) == (b"v", None) or isinstance(error, StorageClosed)
+
+
+async def test_get_many_reads_like_get_in_order(engine: Engine) -> None:
+    long_key = b"L" * 900  # past LMDB's 511-byte key limit: a long-key bucket
+    for key in (b"a", b"c", long_key):
+        await engine.update("data", key, put(b"v:" + key[:3]))
+    keys = [b"c", b"b", long_key, b"a", b"c"]
+    assert engine.get_many("data", keys) == [engine.get("data", k) for k in keys]
+    assert engine.get_many("data", keys) == [b"v:c", None, b"v:LLL", b"v:a", b"v:c"]
+    assert engine.get_many("data", []) == []
+    with pytest.raises(ConfigError):
+        engine.get_many("nope", [b"a"])
+    with pytest.raises(ConfigError):
+        engine.get_many("data", [b"a", "str"])  # type: ignore[list-item]

@@ -105,6 +105,9 @@ class ObservedEngine:
     def get(self, db: str, key: bytes) -> bytes | None:
         return self.inner.get(db, key)
 
+    def get_many(self, db: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self.inner.get_many(db, keys)
+
     def scan(
         self, db: str, start: bytes = b"", end: bytes | None = None, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:

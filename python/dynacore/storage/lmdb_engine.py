@@ -393,6 +393,14 @@ class LmdbEngine:
         check_key(key, self._committer.config.key_size_bytes)
         return self._run_read(lambda txn: self._layout.read(txn, db, key))
 
+    def get_many(self, db: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        """The values of `keys` (None: absent), read in one read transaction."""
+        check_db(db)
+        for key in keys:
+            check_key(key, self._committer.config.key_size_bytes)
+        read = self._layout.read
+        return self._run_read(lambda txn: [read(txn, db, key) for key in keys])
+
     def scan(
         self, db: str, start: bytes = b"", end: bytes | None = None, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:

@@ -181,6 +181,13 @@ class MemoryEngine:
         check_key(key, self._committer.config.key_size_bytes)
         return self._tables()[db].get(key)
 
+    def get_many(self, db: str, keys: Sequence[bytes]) -> list[bytes | None]:
+        check_db(db)
+        for key in keys:
+            check_key(key, self._committer.config.key_size_bytes)
+        table = self._tables()[db]
+        return [table.get(key) for key in keys]
+
     def scan(
         self, db: str, start: bytes = b"", end: bytes | None = None, limit: int | None = None
     ) -> list[tuple[bytes, bytes]]:

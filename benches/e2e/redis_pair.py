@@ -3,8 +3,10 @@
 
 Persistence is off by default (`--save ""`, `--appendonly no`): Redis's best figure, and its
 replication is asynchronous (a SET is acknowledged before the replica has it). `appendonly=True`
-runs both with `--appendonly yes --appendfsync everysec` instead. `wait_replicated` waits until
-the replica has acknowledged everything written so far (Redis's WAIT).
+runs both with `--appendonly yes --appendfsync everysec` instead (`appendfsync="always"`: an
+fsync before each write is acknowledged, the match for dynacore's durable commits).
+`wait_replicated` waits until the replica has acknowledged everything written so far (Redis's
+WAIT).
 """
 
 from __future__ import annotations
@@ -30,8 +32,14 @@ class RedisPair:
     """A primary and one replica; leaving the context stops both (no leaked processes)."""
 
     def __init__(
-        self, base_dir: Path, appendonly: bool = False, redis_server: str = "redis-server"
+        self,
+        base_dir: Path,
+        appendonly: bool = False,
+        redis_server: str = "redis-server",
+        appendfsync: str = "everysec",
     ) -> None:
+        if appendfsync not in ("everysec", "always", "no"):
+            raise ValueError(f"appendfsync is everysec, always or no, got {appendfsync!r}")
         binary = shutil.which(redis_server)
         if binary is None:
             raise procs.BenchError(
@@ -40,6 +48,7 @@ class RedisPair:
         self.binary = binary
         self.base_dir = base_dir
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         primary_port, replica_port = free_ports(2)
         self.primary_address = f"127.0.0.1:{primary_port}"
         self.replica_address = f"127.0.0.1:{replica_port}"
@@ -49,7 +58,7 @@ class RedisPair:
         data_dir = self.base_dir / name
         data_dir.mkdir(parents=True, exist_ok=True)
         persistence = (
-            ["--appendonly", "yes", "--appendfsync", "everysec"]
+            ["--appendonly", "yes", "--appendfsync", self.appendfsync]
             if self.appendonly
             else ["--appendonly", "no"]
         )

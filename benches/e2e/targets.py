@@ -1,12 +1,14 @@
 """The systems under test and the driver process that loads them: `open_impl(impl, config,
-work_dir)` starts one implementation ("redis", "dynacore-rust", "dynacore-python", ...), starts a
-driver process against it, loads the records, and yields an `ImplSession` whose `run(workload)`
-measures one workload. Leaving it stops the driver and the servers.
+work_dir)` starts one implementation ("redis", "dynacore-rust", "dynacore-python", ...), starts
+a driver process against it, loads the records, and yields an `ImplSession` whose
+`run(workload)` measures one workload. Leaving it stops the driver and the servers.
 
 Mode switch: every dynacore implementation runs the same 3-node LocalCluster (n=3 by default) on
 one data directory; "dynacore-<backend>" starts each node and the driver with
-DYNACORE_BACKEND=<backend>. The records are loaded once (by the first dynacore mode of the run)
-and the later modes restart the nodes on the same data: every backend stores the same bytes.
+DYNACORE_BACKEND=<backend>; "dynacore-<backend>-nosync" also runs the nodes with
+`serve --no-sync` (commits without fsync: the match for a Redis without persistence). The
+records are loaded once (by the first dynacore mode of the run) and the later modes restart the
+nodes on the same data: every backend stores the same bytes.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from dynacore.localcluster import LocalCluster
 from . import procs, ycsb
 from .redis_pair import RedisPair
 
-REDIS_IMPLS = ("redis", "redis-threads")
+REDIS_IMPLS = ("redis", "redis-threads", "redis-fsync")
 DYNACORE_PREFIX = "dynacore-"
+NOSYNC = "-nosync"
 DRIVER_READY_TIMEOUT_S = 60.0
 REPLY_SLACK_S = 120.0  # a reply may come this long after the run's own duration
 LOAD_TIMEOUT_S = 600.0
@@ -48,7 +51,14 @@ class BenchConfig:
     warmup_s: float = 2.0
     duration_s: float = 10.0
     workloads: tuple[str, ...] = ("A", "B", "C")
-    impls: tuple[str, ...] = ("redis", "dynacore-rust", "dynacore-python")
+    impls: tuple[str, ...] = (
+        "redis",
+        "redis-fsync",
+        "dynacore-rust",
+        "dynacore-python",
+        "dynacore-rust-nosync",
+        "dynacore-python-nosync",
+    )
     seed: int = 1
     nodes: int = 3
     n: int = 3
@@ -79,10 +89,19 @@ class BenchConfig:
 
 def check_impl(impl: str) -> str:
     backends = ("rust", "cython", "python")
-    if impl in REDIS_IMPLS or impl.removeprefix(DYNACORE_PREFIX) in backends:
+    if impl in REDIS_IMPLS or dynacore_mode(impl)[0] in backends:
         return impl
-    names = [*REDIS_IMPLS, *(DYNACORE_PREFIX + b for b in backends)]
+    names = [*REDIS_IMPLS, *(DYNACORE_PREFIX + b + s for b in backends for s in ("", NOSYNC))]
     raise ValueError(f"unknown implementation {impl!r}; choose from {', '.join(names)}")
+
+
+def dynacore_mode(impl: str) -> tuple[str, bool]:
+    """(backend, durable) of "dynacore-<backend>[-nosync]": durable nodes sync every commit
+    (the default); -nosync runs `serve --no-sync` (no fsync, like Redis without persistence)."""
+    name = impl.removeprefix(DYNACORE_PREFIX)
+    if name.endswith(NOSYNC):
+        return name.removesuffix(NOSYNC), False
+    return name, True
 
 
 QUICK = BenchConfig(records=10_000, warmup_s=0.5, duration_s=3.0)
@@ -235,8 +254,13 @@ class ImplSession:
 
 @contextmanager
 def open_redis(impl: str, config: BenchConfig, work_dir: Path) -> Iterator[ImplSession]:
-    with RedisPair(work_dir / "redis", appendonly=config.redis_appendonly) as pair:
-        target = "redis" if impl == "redis" else "redis-threads"
+    """Redis primary + replica: "redis" and "redis-threads" without persistence (or with
+    --redis-appendonly), "redis-fsync" with an AOF fsynced before every write is acknowledged."""
+    fsync = impl == "redis-fsync"
+    appendonly = config.redis_appendonly or fsync
+    pair = RedisPair(work_dir / "redis", appendonly, appendfsync="always" if fsync else "everysec")
+    with pair:
+        target = "redis-threads" if impl == "redis-threads" else "redis"
         log = work_dir / f"driver-{impl}.log"
         with DriverProcess(target, [pair.primary_address], config, log, {}) as driver:
             pids = [p.pid for p in pair.processes.values()]
@@ -258,10 +282,14 @@ def loaded_marker(cluster_dir: Path, config: BenchConfig) -> Path:
 @contextmanager
 def open_dynacore(impl: str, config: BenchConfig, work_dir: Path) -> Iterator[ImplSession]:
     """A LocalCluster on `work_dir/cluster`, every node and the driver on the impl's backend."""
-    backend = impl.removeprefix(DYNACORE_PREFIX)
+    backend, durable = dynacore_mode(impl)
     cluster_dir = work_dir / "cluster"
     cluster = LocalCluster(
-        cluster_dir, nodes_count=config.nodes, partitions=config.partitions, n=config.n
+        cluster_dir,
+        nodes_count=config.nodes,
+        partitions=config.partitions,
+        n=config.n,
+        extra_args=[] if durable else ["--no-sync"],
     )
     env = {**os.environ, "DYNACORE_BACKEND": backend}
     try:

@@ -17,7 +17,7 @@ from . import procs, ycsb
 from .profile import Profile, parse_raw
 from .redis_pair import RedisPair
 from .run import from_json, table, to_json, verdict
-from .targets import BenchConfig, DriverProcess, Result, open_impl
+from .targets import BenchConfig, DriverProcess, Result, check_impl, dynacore_mode, open_impl
 
 SMALL = BenchConfig(records=2_000, warmup_s=0.1, duration_s=0.5, impls=("redis",))
 
@@ -171,3 +171,14 @@ def test_driver_counts_errors_of_a_dead_server(tmp_path: Path) -> None:
             summary = driver.request({**command, "warmup_s": 0.0, "duration_s": 0.3}, 30.0)
             assert summary.ops == 0 and summary.errors > 0
             assert set(summary.error_kinds) <= {"ConnectionError", "TimeoutError"}
+
+
+def test_impl_names_pick_backend_and_durability(tmp_path: Path) -> None:
+    assert dynacore_mode("dynacore-rust") == ("rust", True)
+    assert dynacore_mode("dynacore-python-nosync") == ("python", False)
+    assert check_impl("redis-fsync") == "redis-fsync"
+    for bad in ("dynacore-go", "dynacore-rust-fast", "redis-cluster"):
+        with pytest.raises(ValueError):
+            check_impl(bad)
+    with pytest.raises(ValueError):
+        RedisPair(tmp_path, appendonly=True, appendfsync="sometimes")

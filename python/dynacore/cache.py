@@ -30,6 +30,7 @@ member).
 from __future__ import annotations
 
 import dataclasses
+import enum
 import functools
 import hashlib
 import logging
@@ -56,7 +57,7 @@ import trio
 from dynacore import cachewrite, objects
 from dynacore._backend import versions
 from dynacore.cacheread import DATA_DB, MISSING, REMOTE, LocalReader, ReadFence, Resolver
-from dynacore.cachewrite import OP_DELETE, OP_INCR, OP_SET, WriteRequest
+from dynacore.cachewrite import OP_DELETE, OP_INCR, OP_SET, WriteOutcome, WriteRequest
 from dynacore.client import AsyncClient
 from dynacore.cluster.service import ClusterService
 from dynacore.cluster.state import ClusterState, Status
@@ -97,6 +98,14 @@ MAX_CONCURRENT_BATCH: Final = 64  # requests in flight for one get_many / set_ma
 SCAN_CHUNK_KEYS: Final = 1024  # keys read per scan step of iteration and clear
 MEMO_PREFIX: Final = b"memo:"
 DEFAULT_JOIN_TIMEOUT_S: Final = 120.0  # joining by seeds, or leaving: handoff included
+CALL_POLL_S: Final = 0.5  # a caller waiting on the loop checks this often that it still runs
+
+
+class _Fallback(enum.Enum):
+    FALLBACK = "fallback"  # a callback path could not start: take the task path
+
+
+FALLBACK: Final = _Fallback.FALLBACK
 MAX_JOIN_TIMEOUT_S: Final = 24 * 3600.0
 
 
@@ -367,6 +376,32 @@ class AsyncCache:
             self._coordinator, self._clock, self._limits, request, w=_spec(w, self._w)
         )
 
+    def write_soon(
+        self,
+        request: WriteRequest,
+        w: QuorumSpec | None,
+        on_done: Callable[[cachewrite.WriteOutcome | None, Exception | None], None],
+    ) -> bool:
+        """`_write` from a callback in the node's loop, without a task (see
+        cachewrite.write_soon); False when it must take the task path."""
+        return cachewrite.write_soon(
+            self._coordinator, self._clock, self._limits, request, on_done, w=_spec(w, self._w)
+        )
+
+    def set_request(self, key: object, value: Any, ttl: float | None) -> WriteRequest:
+        """The write a `set` without a context makes (any thread: key and value checks and
+        encoding happen here)."""
+        payload = self._codec.encode(value, now_ms=self._clock.now_ms())
+        return WriteRequest(self._namespace, self._key(key), OP_SET, payload, 0, _ttl_ms(ttl))
+
+    def delete_request(self, key: object) -> WriteRequest:
+        return WriteRequest(self._namespace, self._key(key), OP_DELETE)
+
+    def incr_request(self, key: object, delta: int) -> WriteRequest:
+        if isinstance(delta, bool) or not isinstance(delta, int) or not counter_fits(delta):
+            raise ConfigError(f"delta must be a signed 64-bit int, got {delta!r}")
+        return WriteRequest(self._namespace, self._key(key), OP_INCR, delta=delta)
+
     async def set(
         self,
         key: object,
@@ -379,17 +414,20 @@ class AsyncCache:
         """Store `value` (ttl: seconds until it expires, None never). Without a context it
         replaces whatever the coordinating replica holds; with the context of a get_versions it
         replaces exactly the siblings that read saw (others stay siblings)."""
-        raw_key = self._key(key)
-        payload = self._codec.encode(value, now_ms=self._clock.now_ms())
-        ttl_ms = _ttl_ms(ttl)
+        request = self.set_request(key, value, ttl)
         if context is not None:
             if not isinstance(context, bytes):
                 raise ConfigError(f"context must be bytes from get_versions, got {context!r}")
             await self._coordinator.put(
-                self._namespace, raw_key, payload, context, w=_spec(w, self._w), ttl_ms=ttl_ms
+                self._namespace,
+                request.key,
+                request.payload,
+                context,
+                w=_spec(w, self._w),
+                ttl_ms=request.ttl_ms,
             )
             return
-        await self._write(WriteRequest(self._namespace, raw_key, OP_SET, payload, 0, ttl_ms), w)
+        await self._write(request, w)
 
     async def add(
         self,
@@ -418,17 +456,13 @@ class AsyncCache:
     async def delete(self, key: object, *, w: QuorumSpec | None = None) -> bool:
         """Delete `key` (a tombstone replacing what the coordinating replica holds); True when
         that replica had a live value."""
-        request = WriteRequest(self._namespace, self._key(key), OP_DELETE)
-        return (await self._write(request, w)).existed
+        return (await self._write(self.delete_request(key), w)).existed
 
     async def incr(self, key: object, delta: int = 1, *, w: QuorumSpec | None = None) -> int:
         """Add `delta` to the counter at `key` (absent: 0) and return the new value as the
         coordinating replica sees it. Never loses an increment under concurrency; WrongType
         when the key holds a value that is not an int."""
-        if isinstance(delta, bool) or not isinstance(delta, int) or not counter_fits(delta):
-            raise ConfigError(f"delta must be a signed 64-bit int, got {delta!r}")
-        request = WriteRequest(self._namespace, self._key(key), OP_INCR, delta=delta)
-        return (await self._write(request, w)).value
+        return (await self._write(self.incr_request(key, delta), w)).value
 
     async def decr(self, key: object, delta: int = 1, *, w: QuorumSpec | None = None) -> int:
         """incr(key, -delta)."""
@@ -895,6 +929,46 @@ class _LoopThread:
         except trio.RunFinishedError:
             raise CacheClosed("the cache is closed") from self._error
 
+    def call_soon(
+        self, start: Callable[[Callable[[T | None, Exception | None], None]], bool]
+    ) -> T | _Fallback:
+        """Run `start(on_done)` in the node's loop by `run_sync_soon` (no task), wait for
+        `on_done(result, error)` and return the result (raise the error); FALLBACK when `start`
+        returns False (it did nothing: use `call`). The wait is bounded: a loop that ends
+        without answering raises CacheClosed."""
+        token = self._token
+        if token is None or not self._thread.is_alive():
+            raise CacheClosed("the cache is closed") from self._error
+        answered = threading.Lock()
+        answered.acquire()
+        box: list[tuple[Any, BaseException | None]] = []
+
+        def on_done(result: T | None, error: Exception | None) -> None:
+            box.append((result, error))
+            answered.release()
+
+        def begin() -> None:
+            try:
+                started = start(on_done)
+            except Exception as exc:  # a check that failed before anything was done
+                started = True
+                on_done(None, exc)
+            if not started:
+                box.append((FALLBACK, None))
+                answered.release()
+
+        try:
+            token.run_sync_soon(begin)
+        except trio.RunFinishedError:
+            raise CacheClosed("the cache is closed") from self._error
+        while not answered.acquire(timeout=CALL_POLL_S):
+            if not self._thread.is_alive():
+                raise CacheClosed("the cache closed before answering") from self._error
+        result, error = box[0]
+        if error is not None:
+            raise error
+        return cast("T | _Fallback", result)
+
     def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the sync fn(*args) in the node's loop thread."""
         token = self._token
@@ -967,6 +1041,17 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
         )
         self._finalizer = weakref.finalize(self, self._loop.close)  # also at interpreter exit
 
+    def _write(self, request: WriteRequest, w: QuorumSpec | None) -> WriteOutcome:
+        """A cache write from this thread: one callback into the node's loop when the write's
+        callback path is ready (no task, one thread hand-off each way), else the task path."""
+        start: Callable[[Callable[[WriteOutcome | None, Exception | None], None]], bool]
+        start = functools.partial(self._async.write_soon, request, w)
+        found = self._loop.call_soon(start)
+        if isinstance(found, _Fallback):
+            return self._loop.call(self._async._write, request, w)
+        assert isinstance(found, WriteOutcome)
+        return found
+
     def _remote_get(self, key: object, default: Any, r: QuorumSpec | None) -> Any:
         found = self._loop.call(self._async.lookup, key, r)
         return default if found is MISSING else found
@@ -1034,7 +1119,10 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
         context: bytes | None = None,
     ) -> None:
         """Store `value` (ttl in seconds; None: no expiry). See AsyncCache.set."""
-        self._loop.call(self._async.set, key, value, ttl, w=w, context=context)
+        if context is not None:
+            self._loop.call(self._async.set, key, value, ttl, w=w, context=context)
+            return
+        self._write(self._async.set_request(key, value, ttl), w)
 
     def add(
         self,
@@ -1051,11 +1139,11 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
 
     def delete(self, key: object, *, w: QuorumSpec | None = None) -> bool:
         """Delete `key`; True when the coordinating replica had a live value."""
-        return self._loop.call(self._async.delete, key, w=w)
+        return self._write(self._async.delete_request(key), w).existed
 
     def incr(self, key: object, delta: int = 1, *, w: QuorumSpec | None = None) -> int:
         """Add `delta` to the counter at `key`; the new value. Never loses an increment."""
-        return self._loop.call(self._async.incr, key, delta, w=w)
+        return self._write(self._async.incr_request(key, delta), w).value
 
     def decr(self, key: object, delta: int = 1, *, w: QuorumSpec | None = None) -> int:
         """Subtract `delta` from the counter at `key`; the new value."""

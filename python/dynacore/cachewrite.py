@@ -12,6 +12,7 @@ the coordinator had); readers resolve them: values by the cache's resolver, coun
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -106,6 +107,31 @@ async def write(
     return WriteOutcome(existed, value)
 
 
+def write_soon(
+    coordinator: Coordinator,
+    clock: Clock,
+    limits: Limits,
+    request: WriteRequest,
+    on_done: Callable[[WriteOutcome | None, Exception | None], None],
+    *,
+    w: QuorumSpec | None = None,
+) -> bool:
+    """`write` without a task, when this node replicates the key and the coordinator's
+    callback path is ready (`Coordinator.apply_soon`): `on_done(outcome, error)` follows, error
+    being what `write` would raise. False when it cannot start so (nothing was done: forward or
+    retry through `write`)."""
+    objects.check_sizes(request.key, request.payload, limits)
+    if not coordinator.replicates(request.namespace, request.key):
+        return False
+    outcome: list[WriteOutcome] = []
+    fn = _update_fn(request, clock.now_ms(), coordinator.actor_id, outcome)
+
+    def done(new_set: bytes | None, error: Exception | None) -> None:
+        on_done(outcome[-1] if outcome and new_set is not None else None, error)
+
+    return coordinator.apply_soon(request.namespace, request.key, fn, w, done)
+
+
 async def handle(
     coordinator: Coordinator, clock: Clock, limits: Limits, fields: list[Any]
 ) -> list[Any]:
@@ -181,4 +207,13 @@ def _kept_expiry_ms(live: list[objects.Envelope]) -> int:
     return max(e.expiry_ms for e in live)
 
 
-__all__ = ["OP_DELETE", "OP_INCR", "OP_SET", "WriteOutcome", "WriteRequest", "handle", "write"]
+__all__ = [
+    "OP_DELETE",
+    "OP_INCR",
+    "OP_SET",
+    "WriteOutcome",
+    "WriteRequest",
+    "handle",
+    "write",
+    "write_soon",
+]

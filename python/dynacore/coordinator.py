@@ -328,6 +328,47 @@ class Coordinator:
         connection is up and the commit queue has room: `on_done(next_context, error)` follows
         (error: what `put` would raise). False when it cannot start so (nothing was done)."""
         stored_key, pref, required = self._write_plan(namespace, key, value, context, w, ttl_ms)
+
+        def settled(new_set: bytes | None, error: Exception | None) -> None:
+            if new_set is None:
+                on_done(None, error)
+                return
+            _report(on_done, lambda: (_next_context(new_set, context), error))
+
+        put_fn = self._put_fn(context, self._envelope(value, ttl_ms))
+        return self._write_soon(stored_key, pref, required, put_fn, settled)
+
+    def apply_soon(
+        self,
+        namespace: str,
+        key: bytes,
+        fn: Update,
+        w: QuorumSpec | None,
+        on_done: Callable[[bytes | None, Exception | None], None],
+    ) -> bool:
+        """`apply` without a task, on the same conditions as `put_soon`: `on_done(new_set,
+        error)` follows (error: what `apply` would raise). False when it cannot start so."""
+        if not self.replicates(namespace, key, any_owner=True):
+            return False
+        stored_key = objects.object_key(namespace, key)
+        n = self.membership.n_for(namespace)
+        pref = self.membership.preference_list(stored_key, n)
+        required = resolve_quorum(w, min(len(pref), n), default=self._default_w)
+        return self._write_soon(stored_key, pref, required, fn, on_done)
+
+    def _write_soon(
+        self,
+        stored_key: bytes,
+        pref: Sequence[str],
+        required: int,
+        fn: Update,
+        on_done: Callable[[bytes | None, Exception | None], None],
+    ) -> bool:
+        """Run `fn` on the stored set in the next group commit, then replicate the new set to
+        the other replicas by `call_soon`; `on_done(new_set, error)` once `required` durable
+        acks came in or every replica answered (new_set None when the local commit failed).
+        False when it cannot start so: this node is not in `pref`, a peer's connection is not
+        ready, or the commit queue is full (nothing was done)."""
         peers = [p for p in pref if p != self.node_id]
         if len(peers) == len(pref) or not all(self._can_call_soon(p) for p in peers):
             return False
@@ -336,12 +377,10 @@ class Coordinator:
             if error is not None:
                 on_done(None, error)
                 return
-            assert new_set is not None
+            assert new_set is not None, "a write leaves a version set"
             deadline_s = trio.current_time() + self.timeout_s
             acks = _Acks(required, len(peers) + 1, deadline_s=deadline_s)
-            acks.on_settled = lambda: _report(
-                on_done, lambda: (_next_context(new_set, context), acks.outcome())
-            )
+            acks.on_settled = lambda: on_done(new_set, acks.outcome())
             acks.add()  # the local durable commit
             for peer in peers:
                 try:
@@ -354,8 +393,7 @@ class Coordinator:
                     remote = self._replica_put_bounded
                     self._in_background(acks.fail, remote, peer, stored_key, new_set, acks)
 
-        put_fn = self._put_fn(context, self._envelope(value, ttl_ms))
-        return self._store.update_soon(DATA_DB, stored_key, put_fn, committed)
+        return self._store.update_soon(DATA_DB, stored_key, fn, committed)
 
     def _in_background(
         self, refused: Callable[[], None], fn: Callable[..., Awaitable[None]], *args: object

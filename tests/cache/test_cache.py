@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from dynacore.errors import (
     DynacoreError,
     KeyTooLarge,
     SerializationError,
+    StorageClosed,
     ValueTooLarge,
     WrongType,
 )
@@ -422,6 +424,42 @@ def test_closing_under_concurrent_local_reads_is_clean(tmp_path: Path) -> None:
         t.join()
     assert outcomes == ["closed"] * 4
     assert _lmdb_fds(tmp_path / "c") == []
+
+
+def test_closing_under_concurrent_writes_answers_every_writer(tmp_path: Path) -> None:
+    """Sync writes wait on the node's loop by callback (no task): a close in the middle ends
+    every one of them, with a typed error, and no writer is left waiting."""
+    c = Cache(tmp_path / "c", sync=False)
+    outcomes: list[str] = []
+    written = [0] * 4
+    started = threading.Barrier(5)
+
+    def writer(slot: int) -> None:
+        started.wait()
+        try:
+            while True:
+                c.set(f"w{slot}-{written[slot] % 50}", written[slot])
+                c.incr(f"n{slot}")
+                written[slot] += 1
+        except (CacheClosed, StorageClosed):
+            outcomes.append("closed")
+        except BaseException as exc:
+            outcomes.append(repr(exc))
+
+    threads = [threading.Thread(target=writer, args=(slot,)) for slot in range(4)]
+    for t in threads:
+        t.start()
+    started.wait()
+    while min(written) < 20:
+        time.sleep(0.001)
+    c.close()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads), "a writer is still waiting"
+    assert outcomes == ["closed"] * 4
+    with Cache(tmp_path / "c", sync=False) as reopened:  # every acknowledged incr is there
+        for slot in range(4):
+            assert reopened.get(f"n{slot}") >= written[slot]
 
 
 def test_two_sync_caches_in_one_process_share_a_cluster(tmp_path: Path) -> None:

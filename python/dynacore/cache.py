@@ -317,6 +317,16 @@ class AsyncCache:
         """The merged version set of r replicas (through the coordinator)."""
         return await self._coordinator.get(self._namespace, raw_key, r=_spec(r, self._r))
 
+    def fetch_soon(
+        self,
+        raw_key: bytes,
+        r: QuorumSpec | None,
+        on_done: Callable[[bytes | None, Exception | None], None],
+    ) -> bool:
+        """`_fetch` from a callback in the node's loop, without a task; False when it must
+        take the task path (see Coordinator.get_soon)."""
+        return self._coordinator.get_soon(self._namespace, raw_key, _spec(r, self._r), on_done)
+
     async def lookup(self, key: object, r: QuorumSpec | None = None) -> Any:
         """The resolved value, or MISSING."""
         if r is None:
@@ -1053,8 +1063,17 @@ class Cache(LocalReader, MutableMapping[Any, Any]):
         return found
 
     def _remote_get(self, key: object, default: Any, r: QuorumSpec | None) -> Any:
-        found = self._loop.call(self._async.lookup, key, r)
-        return default if found is MISSING else found
+        """A get the local fast path does not serve: the replicas' sets gathered by one
+        callback into the node's loop (`Coordinator.get_soon`) and resolved in this thread;
+        the task path when the callback path cannot start."""
+        start: Callable[[Callable[[bytes | None, Exception | None], None]], bool]
+        start = functools.partial(self._async.fetch_soon, self.key_bytes(key), r)
+        merged = self._loop.call_soon(start)
+        if isinstance(merged, _Fallback):
+            found = self._loop.call(self._async.lookup, key, r)
+            return default if found is MISSING else found
+        winner = self.winner(merged)
+        return default if winner is None else winner[1]
 
     # -- lifecycle ---------------------------------------------------------------------------------
 

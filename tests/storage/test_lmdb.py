@@ -287,3 +287,20 @@ async def test_close_waits_for_reads_in_other_threads(tmp_path: Path) -> None:
             await trio.to_thread.run_sync(thread.join)
     assert len(ended) == 4
     assert all(isinstance(exc, StorageClosed) for exc in ended), ended
+
+
+async def test_an_update_that_changes_nothing_commits_nothing(tmp_path: Path) -> None:
+    """A merge that brings nothing new (a read repair or a replica put that arrives after the
+    same write) leaves the key unwritten: LMDB commits no transaction and syncs nothing."""
+    async with open_lmdb_engine(tmp_path / "db", map_size_bytes=MAP_SIZE_BYTES) as engine:
+        env, _db, _cut = engine.read_handle("data")
+        await engine.update("data", b"k", lambda _old: b"v1")
+        await engine.update("data", b"gone", lambda _old: None)
+        before = env.info()["last_txnid"]
+        assert await engine.update("data", b"k", lambda old: old) == b"v1"
+        assert await engine.update("data", b"gone", lambda old: old) is None
+        assert await engine.update_many("data", [(b"k", lambda old: old)]) == [b"v1"]
+        assert env.info()["last_txnid"] == before
+        assert await engine.update("data", b"k", lambda _old: b"v2") == b"v2"
+        assert env.info()["last_txnid"] == before + 1
+        assert engine.get("data", b"k") == b"v2"

@@ -173,12 +173,17 @@ def apply_request(txn: WriteTxn, request: Request) -> int:
     """Run the request's functions; write its results only if none raised. Returns bytes written.
 
     A request is atomic: its operations see each other's results in order (an overlay), and either
-    all of its writes enter the transaction or none do.
+    all of its writes enter the transaction or none do. A key left as it was is not written (a
+    batch that changes nothing makes LMDB skip its sync).
     """
     overlay: dict[bytes, bytes | None] = {}
+    stored: dict[bytes, bytes | None] = {}  # each key's value before this request
     results: list[bytes | None] = []
     for key, fn in request.ops:
-        old = overlay[key] if key in overlay else txn.read(request.db, key)
+        if key in overlay:
+            old = overlay[key]
+        else:
+            old = stored[key] = txn.read(request.db, key)
         try:
             new = fn(old)
         except Exception as exc:  # the caller's function failed: only this request fails
@@ -191,6 +196,8 @@ def apply_request(txn: WriteTxn, request: Request) -> int:
         results.append(new)
     written_bytes = 0
     for key, value in overlay.items():
+        if value == stored[key]:
+            continue  # unchanged (a merge that brought nothing new): no write, nothing to sync
         txn.write(request.db, key, value)
         written_bytes += len(key) + (len(value) if value is not None else 0)
     request.results = results

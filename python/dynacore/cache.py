@@ -929,11 +929,16 @@ class _LoopThread:
             self._ready.set()
             await self._stop.wait()
 
-    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
-        """Run fn(*args, **kwargs) in the node's loop and return its result."""
+    def _live_token(self) -> trio.lowlevel.TrioToken:
+        """The loop's token; CacheClosed once the cache closed or its thread ended."""
         token = self._token
         if token is None or not self._thread.is_alive():
             raise CacheClosed("the cache is closed") from self._error
+        return token
+
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run fn(*args, **kwargs) in the node's loop and return its result."""
+        token = self._live_token()
         try:
             return trio.from_thread.run(functools.partial(fn, *args, **kwargs), trio_token=token)
         except trio.RunFinishedError:
@@ -946,9 +951,7 @@ class _LoopThread:
         `on_done(result, error)` and return the result (raise the error); FALLBACK when `start`
         returns False (it did nothing: use `call`). The wait is bounded: a loop that ends
         without answering raises CacheClosed."""
-        token = self._token
-        if token is None or not self._thread.is_alive():
-            raise CacheClosed("the cache is closed") from self._error
+        token = self._live_token()
         answered = threading.Lock()
         answered.acquire()
         box: list[tuple[Any, BaseException | None]] = []
@@ -981,9 +984,7 @@ class _LoopThread:
 
     def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Run the sync fn(*args) in the node's loop thread."""
-        token = self._token
-        if token is None or not self._thread.is_alive():
-            raise CacheClosed("the cache is closed") from self._error
+        token = self._live_token()
         try:
             return trio.from_thread.run_sync(functools.partial(fn, *args), trio_token=token)
         except trio.RunFinishedError:

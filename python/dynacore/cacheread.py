@@ -198,11 +198,8 @@ class LocalReader:
                 raise CacheClosed("the cache is closed") from None
             if type(found) is bytes:
                 return found  # one live value of plain bytes: the common case
-            if found is None:
-                return default
             if found is not False:
-                found = self.resolve_values(found)  # type: ignore[arg-type]
-                return default if found is MISSING else found
+                return self._value_of(found, default)  # type: ignore[arg-type]
         return self._get_slow(key, default, route)
 
     def _get_slow(self, key: object, default: Any, route: Route) -> Any:
@@ -222,12 +219,17 @@ class LocalReader:
             if set_bytes is None:
                 return default
             found = localread.classify(set_bytes, objects.HEADER_SIZE, TAG_BYTES)
+        return self._value_of(found, default)
+
+    def _value_of(self, found: bytes | list[bytes] | None, default: Any) -> Any:
+        """What a get returns for what a local read found (localread: plain bytes, a set's
+        values, or None)."""
         if type(found) is bytes:
             return found
         if found is None:
             return default
-        found = self.resolve_values(found)  # type: ignore[arg-type]
-        return default if found is MISSING else found
+        value = self.resolve_values(found)  # type: ignore[arg-type]
+        return default if value is MISSING else value
 
     def _read_engine(self, raw: bytes, stored: bytes) -> bytes | None:
         """The stored set through the engine (memory engine, or a key past the LMDB cut)."""
